@@ -1,0 +1,47 @@
+# ANNA: `make run` starts the service with demo data, `make test` runs the whole suite.
+# Both install what is missing into .venv first (from requirements.lock, so every machine gets the same versions).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export ANNA_DATA_DIR ?= $(CURDIR)/data
+DEMO_CLIENTS ?= 20000
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run demo-data test lint bench lock clean-data
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ANNA needs Python 3.11; set PYTHON=/path/to/python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo-data: install
+	@test -f $(ANNA_DATA_DIR)/marts/credit_history/manifest.json || \
+		$(BIN)/anna demo-data --clients $(DEMO_CLIENTS) --seed 0 --data-dir $(ANNA_DATA_DIR)
+
+run: demo-data
+	$(BIN)/anna serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check anna_backend anna_models dags bench tests
+	$(BIN)/mypy anna_backend
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_train.py
+
+# Re-pin every dependency after changing pyproject.toml (needs a working .venv).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable --exclude anna | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > requirements.lock
+
+clean-data:
+	rm -rf $(ANNA_DATA_DIR)

@@ -1,0 +1,86 @@
+"""The run's configuration as the model-config repo's tag holds it, and the step context."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+TASK_TYPES = ("binary", "multiclass", "regression")
+METRICS = {
+    "binary": ("roc_auc", "pr_auc", "log_loss", "accuracy", "f1"),
+    "multiclass": ("roc_auc_ovr", "log_loss", "accuracy", "f1_macro"),
+    "regression": ("rmse", "mae", "r2"),
+}
+DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+
+
+@dataclass
+class TrainParams:
+    """Hyperparameters of one domain encoder. Defaults are what a run uses when the user sets nothing."""
+
+    architecture: str = "gru"  # gru | lstm | transformer
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.1
+    max_len: int = 256
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    max_epochs: int = 10
+    patience: int = 2
+    threads: int = 1  # torch threads per domain process
+
+    @classmethod
+    def for_domain(cls, params: dict[str, Any], domain: str) -> TrainParams:
+        """Merge ``params["default"]`` and ``params[domain]`` over the defaults; unknown keys are an error."""
+        merged = {**params.get("default", {}), **params.get(domain, {})}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown training parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**merged)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; the run's tag in the model-config repo holds exactly this as run.json."""
+
+    run_id: int
+    task_name: str
+    task_type: str
+    metric: str
+    domains: list[str]
+    sample_path: str
+    sample_fingerprint: str
+    marts_root: str
+    mart_versions: dict[str, str]
+    tracking_uri: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls(**json.loads(text))
+
+
+def _no_progress(step: str, **fields: Any) -> None:
+    return None
+
+
+@dataclass
+class StepContext:
+    """What a pipeline step gets: the run's folder, its configuration and a progress callback.
+
+    ``progress(step, **fields)``; fields: state, epoch, max_epochs, metric, metric_name, message, fraction.
+    """
+
+    run_dir: Path
+    config: RunConfig
+    progress: Callable[..., None] = _no_progress
+    device: str = "auto"  # auto | cpu | cuda
