@@ -1,0 +1,1 @@
+"""Use cases over abstract ports: services, sample validation and the embedded dispatcher."""
