@@ -17,6 +17,10 @@ METRICS = {
 DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
 
 
+# Tuned per-domain defaults for the demo marts (any other domain gets TrainParams' defaults).
+DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
 @dataclass
 class TrainParams:
     """Hyperparameters of one domain encoder. Defaults are what a run uses when the user sets nothing."""
@@ -34,9 +38,12 @@ class TrainParams:
     threads: int = 1  # torch threads per domain process
 
     @classmethod
-    def for_domain(cls, params: dict[str, Any], domain: str) -> TrainParams:
-        """Merge ``params["default"]`` and ``params[domain]`` over the defaults; unknown keys are an error."""
-        merged = {**params.get("default", {}), **params.get(domain, {})}
+    def for_domain(cls, params: dict[str, Any], domain: str, base: dict[str, Any] | None = None
+                   ) -> TrainParams:
+        """Merge, later winning: the class defaults, ``base`` (e.g. the mart's ``default_max_len``),
+        ``DOMAIN_DEFAULTS[domain]``, ``params["default"]``, ``params[domain]``. Unknown keys are an error."""
+        merged = {**(base or {}), **DOMAIN_DEFAULTS.get(domain, {}), **params.get("default", {}),
+                  **params.get(domain, {})}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(merged) - known)
         if unknown:

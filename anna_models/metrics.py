@@ -1,0 +1,148 @@
+"""Quality metrics by name (``config.METRICS``), and the curves the report shows.
+
+Scores are what a user would read: binary → P(class 1), shape (N,); multiclass → class
+probabilities (N, C) with columns in label order 0..C-1; regression → predictions (N,).
+Targets are 0/1 (binary), class indices (multiclass) or floats (regression).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from anna_models.config import METRICS
+
+HIGHER_IS_BETTER = {
+    "roc_auc": True,
+    "roc_auc_ovr": True,
+    "pr_auc": True,
+    "accuracy": True,
+    "f1": True,
+    "f1_macro": True,
+    "r2": True,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
+}
+MAX_CURVE_POINTS = 200
+_EPS = 1e-7
+
+
+def _single_class(y: np.ndarray) -> bool:
+    return len(np.unique(y)) < 2
+
+
+def compute_metric(name: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """One metric; NaN when it is undefined on these rows (e.g. ROC-AUC with a single class)."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
+    if len(y_true) == 0:
+        return float("nan")
+    if name == "roc_auc":
+        return float("nan") if _single_class(y_true) else float(skm.roc_auc_score(y_true, y_score))
+    if name == "pr_auc":
+        return float("nan") if _single_class(y_true) else float(skm.average_precision_score(y_true, y_score))
+    if name == "log_loss":
+        if y_score.ndim == 1:
+            p = np.clip(y_score, _EPS, 1 - _EPS)
+            return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
+        p = np.clip(y_score[np.arange(len(y_true)), y_true.astype(np.int64)], _EPS, 1.0)
+        return float(-np.mean(np.log(p)))
+    if name in ("accuracy", "f1", "f1_macro"):
+        predicted = (y_score >= 0.5).astype(np.int64) if y_score.ndim == 1 else y_score.argmax(1)
+        if name == "accuracy":
+            return float(np.mean(predicted == y_true))
+        average = "binary" if name == "f1" else "macro"
+        return float(skm.f1_score(y_true.astype(np.int64), predicted, average=average, zero_division=0))
+    if name == "roc_auc_ovr":
+        present = np.unique(y_true.astype(np.int64))
+        if len(present) < 2:
+            return float("nan")
+        # Classes absent from these rows have no ROC curve; average over the present ones.
+        scores = y_score[:, present] / np.clip(y_score[:, present].sum(1, keepdims=True), _EPS, None)
+        if len(present) == 2:
+            return float(skm.roc_auc_score(y_true == present[1], scores[:, 1]))
+        return float(skm.roc_auc_score(y_true, scores, multi_class="ovr", labels=present))
+    if name == "rmse":
+        return float(np.sqrt(np.mean((y_true - y_score) ** 2)))
+    if name == "mae":
+        return float(np.mean(np.abs(y_true - y_score)))
+    if name == "r2":
+        return float(skm.r2_score(y_true, y_score)) if len(y_true) > 1 else float("nan")
+    raise ValueError(f"unknown metric {name!r}; known: {sorted(HIGHER_IS_BETTER)}")
+
+
+def all_metrics(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
+    """Every metric of the task type, by name."""
+    return {name: compute_metric(name, y_true, y_score) for name in METRICS[task_type]}
+
+
+def is_better(metric: str, new: float, best: float | None) -> bool:
+    """Whether ``new`` improves on ``best`` (NaN never does; anything beats no value)."""
+    if np.isnan(new):
+        return False
+    if best is None or np.isnan(best):
+        return True
+    return new > best if HIGHER_IS_BETTER[metric] else new < best
+
+
+def _downsample(*columns: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[list[float]]:
+    """Keep at most ``limit`` evenly spaced points, always including both ends."""
+    n = len(columns[0])
+    keep = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(np.int64)) if n else np.arange(0)
+    return [np.round(c[keep].astype(np.float64), 6).tolist() for c in columns]
+
+
+def roc_points(y_true: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
+    """ROC curve (binary) as {fpr, tpr}, at most 200 points."""
+    if _single_class(y_true):
+        return {"fpr": [], "tpr": []}
+    fpr, tpr, _ = skm.roc_curve(y_true, p)
+    fpr, tpr = _downsample(fpr, tpr)
+    return {"fpr": fpr, "tpr": tpr}
+
+
+def pr_points(y_true: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
+    """Precision-recall curve (binary) as {recall, precision}, at most 200 points."""
+    if _single_class(y_true):
+        return {"recall": [], "precision": []}
+    precision, recall, _ = skm.precision_recall_curve(y_true, p)
+    recall, precision = _downsample(recall[::-1], precision[::-1])
+    return {"recall": recall, "precision": precision}
+
+
+def lift_by_decile(y_true: np.ndarray, p: np.ndarray) -> list[dict[str, float]]:
+    """Rows by descending score in 10 equal groups: each group's rate of class 1 and its lift."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    if len(y_true) == 0:
+        return []
+    order = np.argsort(-np.asarray(p), kind="stable")
+    base = y_true.mean()
+    rows = []
+    for decile, part in enumerate(np.array_split(order, 10), start=1):
+        rate = float(y_true[part].mean()) if len(part) else float("nan")
+        rows.append(
+            {
+                "decile": decile,
+                "rows": len(part),
+                "rate": round(rate, 6),
+                "lift": round(rate / base, 4) if base else 0,
+            }
+        )
+    return rows
+
+
+def confusion(y_true: np.ndarray, predicted: np.ndarray, n_classes: int) -> list[list[int]]:
+    """Confusion matrix, rows = true class, columns = predicted class."""
+    return skm.confusion_matrix(y_true, predicted, labels=np.arange(n_classes)).tolist()
+
+
+def evaluation(task_type: str, y_true: np.ndarray, y_score: np.ndarray, *, curves: bool = False) -> dict:
+    """All metrics of the task type; with ``curves`` also ROC/PR/lift (binary) or the confusion matrix."""
+    result: dict = {"rows": int(len(y_true)), "metrics": all_metrics(task_type, y_true, y_score)}
+    if curves and task_type == "binary":
+        result["roc"] = roc_points(y_true, y_score)
+        result["pr"] = pr_points(y_true, y_score)
+        result["lift"] = lift_by_decile(y_true, y_score)
+    elif curves and task_type == "multiclass":
+        result["confusion"] = confusion(y_true, np.asarray(y_score).argmax(1), np.asarray(y_score).shape[1])
+    return result

@@ -1,0 +1,384 @@
+"""The training pipeline's steps (docs/architecture.md): split, per domain extract + train, blend, evaluate.
+
+Each step reads and writes files under ``ctx.run_dir`` only and ends by writing
+``steps/<step>[.<domain>].done.json`` atomically; a step whose marker exists returns at once, so
+a re-run resumes after the last finished step.
+
+Executors use the graph below: run ``PRE``, then ``PER_DOMAIN`` for every domain (domains are
+independent and may run in parallel processes), then ``POST``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anna_models.config import METRICS, TASK_TYPES, StepContext, TrainParams
+
+PARTS = ("train", "valid", "test")
+OOT_MIN_MONTHS = 6  # report dates spanning at least this many months are split out of time
+TEST_SHARE, VALID_SHARE = 0.20, 0.15
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf (an undefined metric) become null, which every JSON reader accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically: a crash leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_plain(payload), indent=2, default=str))
+    tmp.replace(path)
+
+
+def step_name(step: Callable, domain: str | None = None) -> str:
+    return step.__name__ if domain is None else f"{step.__name__}.{domain}"
+
+
+def marker_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / "steps" / f"{name}.done.json"
+
+
+def _idempotent(fn: Callable[..., dict], step: str | None = None) -> Callable[..., None]:
+    """Skip when the step's marker exists; otherwise run it, report progress and write the marker."""
+    base = step or fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(ctx: StepContext, *domain: str) -> None:
+        name = base if not domain else f"{base}.{domain[0]}"
+        marker = marker_path(ctx.run_dir, name)
+        if marker.exists():
+            ctx.progress(name, state="done", message="already done")
+            return
+        ctx.progress(name, state="running")
+        started = time.perf_counter()
+        summary = fn(ctx, *domain) or {}
+        seconds = round(time.perf_counter() - started, 3)
+        _write_json(marker, {"step": name, "seconds": seconds, "finished_at": time.time(), **summary})
+        ctx.progress(name, state="done", message=f"{seconds:.1f} s")
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- split
+
+
+def split_sample(sample: pd.DataFrame, task_type: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """(N,) part names and a description: out of time when report dates span ≥ 6 months, else stratified."""
+    months = sample["report_date"].dt.to_period("M")
+    distinct = np.sort(months.unique())
+    span = (distinct[-1] - distinct[0]).n + 1 if len(distinct) else 0
+    if span >= OOT_MIN_MONTHS and len(distinct) >= 3:
+        n_test = max(1, round(TEST_SHARE * len(distinct)))
+        n_valid = max(1, round(VALID_SHARE * len(distinct)))
+        test_months, valid_months = distinct[-n_test:], distinct[-n_test - n_valid : -n_test]
+        parts = np.where(months.isin(valid_months), "valid", "train")
+        parts = np.where(months.isin(test_months), "test", parts)
+        return parts, {"kind": "out_of_time", "months": len(distinct)}
+    # Stratified random: rank rows randomly within their stratum and cut each stratum at 70% / 85%.
+    rng = np.random.default_rng(seed)
+    if task_type == "regression":
+        strata = pd.qcut(sample["target"].rank(method="first"), q=min(10, len(sample)), labels=False)
+    else:
+        strata = pd.Series(pd.factorize(sample["target"])[0], index=sample.index)
+    frame = pd.DataFrame({"stratum": np.asarray(strata), "key": rng.random(len(sample))})
+    share = frame.groupby("stratum")["key"].rank(pct=True).to_numpy()
+    parts = np.where(share <= 0.70, "train", np.where(share <= 0.85, "valid", "test"))
+    return parts, {"kind": "stratified_random", "months": len(distinct)}
+
+
+def _encode_target(target: pd.Series, task_type: str) -> tuple[np.ndarray, list]:
+    if task_type == "regression":
+        return target.to_numpy(dtype=np.float64), []
+    classes = sorted(target.unique().tolist())
+    if task_type == "binary" and len(classes) != 2:
+        raise ValueError(f"a binary task needs exactly 2 target values, the sample has {len(classes)}")
+    if len(classes) < 2:
+        raise ValueError("the sample's target has a single value; nothing to learn")
+    return np.searchsorted(np.asarray(classes), target.to_numpy()).astype(np.int64), classes
+
+
+@_idempotent
+def validate_split(ctx: StepContext) -> dict:
+    """Check the sample against the task, split it into train/valid/test, write split.parquet + split.json."""
+    cfg = ctx.config
+    if cfg.task_type not in TASK_TYPES or cfg.metric not in METRICS[cfg.task_type]:
+        raise ValueError(f"metric {cfg.metric!r} does not fit task type {cfg.task_type!r}; "
+                         f"choose one of {METRICS.get(cfg.task_type)}")
+    sample = pd.read_parquet(cfg.sample_path)
+    missing = {"client_id", "report_date", "target"} - set(sample.columns)
+    if missing:
+        raise ValueError(f"the sample lacks column(s) {sorted(missing)}")
+    sample = sample[["client_id", "report_date", "target"]].reset_index(drop=True)
+    sample["client_id"] = sample["client_id"].astype(np.int64)
+    sample["report_date"] = pd.to_datetime(sample["report_date"]).astype("datetime64[s]")
+    if sample.isna().any().any():
+        raise ValueError("the sample has empty cells in client_id, report_date or target")
+    y, classes = _encode_target(sample["target"], cfg.task_type)
+    parts, info = split_sample(sample, cfg.task_type, cfg.seed)
+    sample["y"], sample["part"], sample["row"] = y, parts, np.arange(len(sample))
+    for part in PARTS:
+        if not (parts == part).any():
+            raise ValueError(f"the split left no rows for {part!r}; the sample has {len(sample)} rows")
+    dates = sample.groupby("part")["report_date"]
+    info["parts"] = {part: {"rows": int((parts == part).sum()), "date_min": str(dates.min()[part].date()),
+                            "date_max": str(dates.max()[part].date())} for part in PARTS}
+    info["classes"] = classes
+    tmp = ctx.run_dir / ".split.parquet.tmp"
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    sample.to_parquet(tmp, index=False)
+    tmp.replace(ctx.run_dir / "split.parquet")
+    _write_json(ctx.run_dir / "split.json", info)
+    return {"kind": info["kind"], "rows": {p: v["rows"] for p, v in info["parts"].items()}}
+
+
+def read_split(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    return pd.read_parquet(run_dir / "split.parquet"), json.loads((run_dir / "split.json").read_text())
+
+
+def domain_params(ctx: StepContext, domain: str) -> TrainParams:
+    manifest_path = ctx.run_dir / "extract" / domain / "manifest.json"
+    base = {}
+    if manifest_path.exists():
+        base["max_len"] = int(json.loads(manifest_path.read_text()).get("default_max_len", 256))
+    return TrainParams.for_domain(ctx.config.params, domain, base=base)
+
+
+# ---------------------------------------------------------------- per domain
+
+
+@_idempotent
+def extract(ctx: StepContext, domain: str) -> dict:
+    """Point-in-time sequences of every sample row for one domain: extract/<domain>/<part>.npz."""
+    from anna_models.extract import extract_sequences
+    from anna_models.marts import Mart
+
+    mart = Mart.open(Path(ctx.config.marts_root) / domain)
+    pinned = ctx.config.mart_versions.get(domain)
+    if pinned and pinned != mart.version:
+        # New months append history after the old report dates, so point-in-time rows are unchanged.
+        ctx.progress(step_name(extract, domain), state="running",
+                     message=f"mart version {mart.version} differs from the pinned {pinned}")
+    out = ctx.run_dir / "extract" / domain
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "manifest.json", mart.manifest)
+    params = domain_params(ctx, domain)
+    split, _ = read_split(ctx.run_dir)
+    summary: dict[str, Any] = {"mart_version": mart.version, "max_len": params.max_len}
+    for part in PARTS:
+        rows = split[split["part"] == part]
+        seqs = extract_sequences(mart, rows["client_id"].to_numpy(), rows["report_date"].to_numpy(),
+                                 params.max_len)
+        seqs.save(out / f"{part}.npz")
+        empty = int((seqs.lengths == 0).sum())
+        summary[part] = {"rows": seqs.n_rows, "events": seqs.n_events, "empty": empty}
+    return summary
+
+
+@_idempotent
+def train(ctx: StepContext, domain: str) -> dict:
+    """Train the domain encoder on train rows (early stopping on valid); predict valid and test rows."""
+    from anna_models.sequences import Sequences
+    from anna_models.training import predict, train_domain_encoder
+
+    cfg = ctx.config
+    source = ctx.run_dir / "extract" / domain
+    split, info = read_split(ctx.run_dir)
+    manifest = json.loads((source / "manifest.json").read_text())
+    params = domain_params(ctx, domain)
+    seqs = {part: Sequences.load(source / f"{part}.npz") for part in PARTS}
+    y = {part: split.loc[split["part"] == part, "y"].to_numpy() for part in PARTS}
+    name = step_name(train, domain)
+    model, history = train_domain_encoder(
+        seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
+        classes=info["classes"], manifest=manifest, params=params, device=ctx.device, seed=cfg.seed,
+        progress=lambda **fields: ctx.progress(name, state="running", **fields),
+    )
+    out = ctx.run_dir / "models" / domain
+    model.save(out)
+    _write_json(out / "manifest.json", manifest)
+    _write_json(out / "history.json", history)
+    _write_json(out / "params.json", params.__dict__)
+    frames = []
+    started = time.perf_counter()
+    for part in ("valid", "test"):
+        outputs, embeddings = predict(model, seqs[part])
+        outputs = outputs.reshape(len(embeddings), -1)
+        columns = {"row": split.loc[split["part"] == part, "row"].to_numpy(), "part": part,
+                   "length": seqs[part].lengths}
+        columns.update({f"out_{k}": outputs[:, k] for k in range(outputs.shape[1])})
+        columns.update({f"emb_{k}": embeddings[:, k] for k in range(embeddings.shape[1])})
+        frames.append(pd.DataFrame(columns))
+    predict_seconds = time.perf_counter() - started
+    pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
+    return {
+        "train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, "epochs": len(history),
+        "events_per_s": float(np.mean([h["events_per_s"] for h in history])) if history else 0.0,
+        "predict_clients_per_s": sum(map(len, frames)) / max(predict_seconds, 1e-9),
+    }
+
+
+# ---------------------------------------------------------------- blend, evaluate
+
+
+def domain_predictions(run_dir: Path, domains: list[str]) -> tuple[pd.DataFrame, dict, dict]:
+    """Rows (row, part) and per domain the raw outputs and presence flags, aligned across domains."""
+    outputs, present, rows = {}, {}, None
+    for domain in domains:
+        frame = pd.read_parquet(Path(run_dir) / "models" / domain / "predictions.parquet")
+        if rows is None:
+            rows = frame[["row", "part"]]
+        elif not np.array_equal(rows["row"].to_numpy(), frame["row"].to_numpy()):
+            raise RuntimeError(f"predictions of {domain} are not aligned with those of {domains[0]}")
+        outputs[domain] = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
+        present[domain] = frame["length"].to_numpy() > 0
+    return rows, outputs, present
+
+
+@_idempotent
+def blend(ctx: StepContext) -> dict:
+    """Fit the blender on valid rows only; write blend/blender.json and blended scores for valid and test."""
+    from anna_models.blend import Blender
+
+    cfg = ctx.config
+    split, info = read_split(ctx.run_dir)
+    rows, outputs, present = domain_predictions(ctx.run_dir, cfg.domains)
+    y = split["y"].to_numpy()[rows["row"].to_numpy()]
+    fit = (rows["part"] == "valid").to_numpy()
+    n_classes = max(len(info["classes"]), 2)
+    blender = Blender(task_type=cfg.task_type, domains=list(cfg.domains), n_classes=n_classes)
+    blender.fit({d: o[fit] for d, o in outputs.items()}, {d: p[fit] for d, p in present.items()}, y[fit],
+                seed=cfg.seed)
+    out = ctx.run_dir / "blend"
+    out.mkdir(parents=True, exist_ok=True)
+    blender.save(out / "blender.json")
+    scores = np.asarray(blender.predict(outputs, present)).reshape(len(rows), -1)
+    frame = rows.copy()
+    for k in range(scores.shape[1]):
+        frame[f"score_{k}"] = scores[:, k]
+    frame.to_parquet(out / "predictions.parquet", index=False)
+    return {"fit_parts": ["valid"], "fit_rows": int(fit.sum()), "chosen_regularisation": blender.chosen}
+
+
+def _scores(task_type: str, values: np.ndarray) -> np.ndarray:
+    return values if task_type == "multiclass" else values[:, 0]
+
+
+@_idempotent
+def evaluate(ctx: StepContext) -> dict:
+    """Write report.json: per domain and blended metrics on valid and test, curves, split description."""
+    from anna_models.metrics import evaluation
+    from anna_models.training import to_scores
+
+    cfg = ctx.config
+    split, info = read_split(ctx.run_dir)
+    rows, outputs, present = domain_predictions(ctx.run_dir, cfg.domains)
+    blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
+    y = split["y"].to_numpy()[rows["row"].to_numpy()]
+    report: dict[str, Any] = {"run_id": cfg.run_id, "task_name": cfg.task_name, "task_type": cfg.task_type,
+                              "metric": cfg.metric, "classes": info["classes"], "split": info, "domains": {}}
+    for domain in cfg.domains:
+        history = json.loads((ctx.run_dir / "models" / domain / "history.json").read_text())
+        entry: dict[str, Any] = {"history": history, "epochs": len(history)}
+        for part in ("valid", "test"):
+            mask = (rows["part"] == part).to_numpy()
+            scores = to_scores(cfg.task_type, _scores(cfg.task_type, outputs[domain][mask]))
+            entry[part] = evaluation(cfg.task_type, y[mask], scores)
+            entry[part]["coverage"] = float(present[domain][mask].mean())
+        report["domains"][domain] = entry
+    score_columns = [c for c in blended.columns if c.startswith("score_")]
+    report["blend"] = {}
+    for part in ("valid", "test"):
+        mask = (blended["part"] == part).to_numpy()
+        scores = _scores(cfg.task_type, blended.loc[mask, score_columns].to_numpy())
+        report["blend"][part] = evaluation(cfg.task_type, y[mask], scores, curves=True)
+    report["blender"] = json.loads((ctx.run_dir / "blend" / "blender.json").read_text())
+    _write_json(ctx.run_dir / "report.json", report)
+    return {"test": report["blend"]["test"]["metrics"]}
+
+
+def _metrics_by_part(entry: dict[str, Any]) -> dict[str, float]:
+    return {f"{part}_{k}": v for part in ("valid", "test") for k, v in entry[part]["metrics"].items()}
+
+
+def _log_to_mlflow(ctx: StepContext) -> dict:
+    """Package the ensemble and log the run (parent + nested domain and blender runs) to MLflow."""
+    from anna_models.pyfunc import log_run, package_ensemble
+
+    cfg = ctx.config
+    report = json.loads((ctx.run_dir / "report.json").read_text())
+    versions = {d: json.loads((ctx.run_dir / "models" / d / "manifest.json").read_text())["version"]
+                for d in cfg.domains}
+    ensemble = {"task_type": cfg.task_type, "classes": report["classes"], "domains": list(cfg.domains),
+                "max_len": {d: domain_params(ctx, d).max_len for d in cfg.domains},
+                "marts_root": cfg.marts_root, "run_id": cfg.run_id, "mart_versions": versions}
+    folder = package_ensemble(ctx.run_dir, ctx.run_dir / "package", ensemble=ensemble)
+    children = [{"name": d, "params": domain_params(ctx, d).__dict__, "metrics": _metrics_by_part(entry),
+                 "history": entry["history"]} for d, entry in report["domains"].items()]
+    blender = {"regularisation": report["blender"]["chosen"], "inputs": ",".join(cfg.domains)}
+    children.append({"name": "blender", "params": blender, "metrics": _metrics_by_part(report["blend"])})
+    params = {"task_type": cfg.task_type, "metric": cfg.metric, "domains": ",".join(cfg.domains),
+              "seed": cfg.seed, "sample_fingerprint": cfg.sample_fingerprint,
+              "split": report["split"]["kind"], **{f"mart_version.{d}": v for d, v in versions.items()}}
+    metrics = _metrics_by_part(report["blend"])
+    for domain in cfg.domains:
+        metrics.update({f"{domain}.{k}": v for k, v in _metrics_by_part(report["domains"][domain]).items()})
+    registered = log_run(
+        tracking_uri=cfg.tracking_uri, experiment=cfg.task_name, run_name=f"anna-run-{cfg.run_id}",
+        tags={"anna.run_id": str(cfg.run_id), "anna.task_type": cfg.task_type}, params=params,
+        metrics=metrics, children=children, ensemble_dir=folder, registered_name=cfg.task_name,
+        artifacts=[ctx.run_dir / "report.json", ctx.run_dir / "split.json"],
+    )
+    _write_json(ctx.run_dir / "registered.json", registered)
+    return registered
+
+
+_register = _idempotent(_log_to_mlflow, step="register")
+
+
+def register(ctx: StepContext) -> str:
+    """Log the run to MLflow and register the ensemble under the task name; returns the model URI."""
+    _register(ctx)
+    return json.loads((ctx.run_dir / "registered.json").read_text())["model_uri"]
+
+
+PRE: list[Callable[[StepContext], None]] = [validate_split]
+PER_DOMAIN: list[Callable[[StepContext, str], None]] = [extract, train]
+POST: list[Callable[[StepContext], Any]] = [blend, evaluate, register]
+
+
+def step_names(domains: list[str]) -> list[str]:
+    """Every step's name (= its marker's name) in an order that respects the graph."""
+    names = [step_name(s) for s in PRE]
+    names += [step_name(s, d) for d in domains for s in PER_DOMAIN]
+    return names + [step_name(s) for s in POST]
+
+
+def run_all(ctx: StepContext) -> str:
+    """Run every step in this process, domains one after another; returns the registered model URI."""
+    for s in PRE:
+        s(ctx)
+    for domain in ctx.config.domains:
+        for s in PER_DOMAIN:
+            s(ctx, domain)
+    blend(ctx)
+    evaluate(ctx)
+    return register(ctx)

@@ -1,0 +1,230 @@
+"""The trained ensemble as one deployable model: domain encoders + blender + the marts' manifests.
+
+``package_ensemble`` lays a run's models out as one folder; ``load_ensemble(folder).score_frame``
+scores (client_id, report_date) rows straight from the marts (point-in-time, as in training);
+``AnnaEnsemble`` wraps the same for MLflow's pyfunc loader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+ENSEMBLE_FILE = "ensemble.json"
+MARTS_ENV = "ANNA_MARTS_ROOT"
+REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pyarrow", "scikit-learn", "cloudpickle")
+
+
+def package_ensemble(run_dir: Path, out_dir: Path, *, ensemble: dict[str, Any]) -> Path:
+    """Copy a run's domain models and blender into ``out_dir`` and describe them in ensemble.json.
+
+    ``ensemble`` holds task_type, classes, domains, max_len (per domain) and marts_root.
+    """
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    (out_dir / "models").mkdir(parents=True)
+    for domain in ensemble["domains"]:
+        source = Path(run_dir) / "models" / domain
+        target = out_dir / "models" / domain
+        target.mkdir()
+        for name in ("model.pt", "encoder.json", "manifest.json"):
+            shutil.copy2(source / name, target / name)
+    shutil.copy2(Path(run_dir) / "blend" / "blender.json", out_dir / "blender.json")
+    (out_dir / ENSEMBLE_FILE).write_text(json.dumps(ensemble, indent=2))
+    return out_dir
+
+
+@dataclass
+class Ensemble:
+    """A loaded ensemble. Marts are opened on first use and reopened when their version changes."""
+
+    folder: Path
+    spec: dict[str, Any]
+    models: dict[str, Any]  # domain -> DomainModel
+    blender: Any  # Blender
+    _marts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def task_type(self) -> str:
+        return self.spec["task_type"]
+
+    def marts_root(self, override: str | Path | None = None) -> Path:
+        return Path(override or os.environ.get(MARTS_ENV) or self.spec["marts_root"])
+
+    def _mart(self, root: Path, domain: str) -> Any:
+        from anna_models.marts import Mart, read_manifest
+
+        path = root / domain
+        cached = self._marts.get(domain)
+        if cached is None or cached.path != path or cached.version != read_manifest(path)["version"]:
+            cached = self._marts[domain] = Mart.open(path)
+        return cached
+
+    def domain_outputs(
+        self, client_id: np.ndarray, report_date: np.ndarray, *, marts_root: Path | str | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each domain's raw outputs and presence flags for the rows, extracted point-in-time."""
+        from anna_models.extract import extract_sequences
+        from anna_models.training import predict
+
+        root = self.marts_root(marts_root)
+        outputs, present = {}, {}
+        for domain in self.spec["domains"]:
+            seqs = extract_sequences(
+                self._mart(root, domain), client_id, report_date, self.spec["max_len"][domain]
+            )
+            outputs[domain], _ = predict(self.models[domain], seqs)
+            present[domain] = seqs.lengths > 0
+        return outputs, present
+
+    def score_frame(self, frame: pd.DataFrame, *, marts_root: Path | str | None = None) -> pd.DataFrame:
+        """Scores for a DataFrame with client_id and report_date.
+
+        Returns client_id, report_date and score (binary: P(class 1); regression: the prediction;
+        multiclass: the predicted class, plus one ``prob_<class>`` column per class).
+        """
+        missing = {"client_id", "report_date"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"input needs columns client_id and report_date; missing {sorted(missing)}")
+        client_id = frame["client_id"].to_numpy(dtype=np.int64)
+        report_date = pd.to_datetime(frame["report_date"]).to_numpy(dtype="datetime64[s]")
+        outputs, present = self.domain_outputs(client_id, report_date, marts_root=marts_root)
+        blended = self.blender.predict(outputs, present)
+        result = pd.DataFrame({"client_id": client_id, "report_date": report_date})
+        if self.task_type == "multiclass":
+            classes = self.spec["classes"]
+            result["score"] = np.asarray(classes, dtype=object)[blended.argmax(1)]
+            for k, label in enumerate(classes):
+                result[f"prob_{label}"] = blended[:, k]
+        else:
+            result["score"] = blended
+        return result
+
+
+def load_ensemble(folder: Path | str) -> Ensemble:
+    """Load a packaged ensemble without MLflow (fast path for batch scoring and tests)."""
+    from anna_models.blend import Blender
+    from anna_models.encoders import DomainModel
+
+    folder = Path(folder)
+    spec = json.loads((folder / ENSEMBLE_FILE).read_text())
+    models = {d: DomainModel.load(folder / "models" / d) for d in spec["domains"]}
+    return Ensemble(folder=folder, spec=spec, models=models, blender=Blender.load(folder / "blender.json"))
+
+
+class AnnaEnsemble(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: artifacts = {"ensemble": the packaged folder}.
+
+    ``predict(context, DataFrame[client_id, report_date])`` → the frame of ``Ensemble.score_frame``.
+    The marts' location comes from the packaged spec unless ANNA_MARTS_ROOT is set.
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.ensemble = load_ensemble(context.artifacts["ensemble"])
+        # The model config (set at logging, overridable at load time) may point at another marts root.
+        marts_root = (getattr(context, "model_config", None) or {}).get("marts_root")
+        if marts_root:
+            self.ensemble.spec["marts_root"] = marts_root
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        marts_root = (params or {}).get("marts_root")
+        return self.ensemble.score_frame(model_input, marts_root=marts_root)
+
+
+def _requirements() -> list[str]:
+    """Pinned to what is installed here; passing them spares MLflow its slow requirement inference."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(name)
+    return pinned
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a local SQLite store, artifacts go next to the database (under the data directory)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None  # a tracking server decides where artifacts live
+    database = Path(tracking_uri[len("sqlite:///") :])
+    return (database.parent / "artifacts" / re.sub(r"[^\w.-]+", "_", experiment)).resolve().as_uri()
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def log_run(
+    *,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    children: list[dict[str, Any]],
+    ensemble_dir: Path,
+    artifacts: list[Path],
+    registered_name: str,
+) -> dict[str, Any]:
+    """Log a parent run (params, metrics, artifacts), one nested run per child, and the ensemble as one
+    pyfunc model registered under ``registered_name``. Returns {mlflow_run_id, model_uri, model_version, ...}.
+
+    Each child is {name, params, metrics, history?}; history entries become per-epoch metric steps.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri, experiment)
+        )
+    )
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as parent:
+        mlflow.log_params(params)
+        mlflow.log_metrics(_finite(metrics))
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+        for child in children:
+            with mlflow.start_run(
+                experiment_id=experiment_id, run_name=child["name"], nested=True, tags=tags
+            ):
+                mlflow.log_params(child["params"])
+                mlflow.log_metrics(_finite(child["metrics"]))
+                for entry in child.get("history", []):
+                    step = int(entry.get("epoch", 0))
+                    mlflow.log_metrics(_finite({k: v for k, v in entry.items() if k != "epoch"}), step=step)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=AnnaEnsemble(),
+            artifacts={"ensemble": str(ensemble_dir)},
+            pip_requirements=_requirements(),
+            code_paths=[str(Path(__file__).resolve().parent)],
+            registered_model_name=registered_name,
+        )
+    version = info.registered_model_version
+    return {
+        "mlflow_run_id": parent.info.run_id,
+        "experiment_id": experiment_id,
+        "model_uri": f"models:/{registered_name}/{version}",
+        "model_version": version,
+        "logged_model_uri": info.model_uri,
+    }

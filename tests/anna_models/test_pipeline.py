@@ -1,0 +1,209 @@
+"""The pipeline on a tiny demo: splits honestly, resumes, registers a model that scores like the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anna_models import pipeline
+from anna_models.config import RunConfig, StepContext
+
+CLIENTS = 400
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from anna_models.demo_data import generate_demo
+
+    data = tmp_path_factory.mktemp("data")
+    summary = generate_demo(data, clients=CLIENTS, seed=3)
+    sample = pd.read_csv(data / "demo" / "samples" / "default_12m.csv", parse_dates=["report_date"])
+    (data / "samples").mkdir()
+    sample.to_parquet(data / "samples" / "default.parquet", index=False)
+    (data / "mlflow").mkdir()
+    (data / "versions.json").write_text(json.dumps(summary["mart_versions"]))
+    return data
+
+
+def make_context(data: Path, run_dir: Path, events: list) -> StepContext:
+    versions = json.loads((data / "versions.json").read_text())
+    config = RunConfig(
+        run_id=7,
+        task_name="default-12m",
+        task_type="binary",
+        metric="roc_auc",
+        domains=sorted(versions),
+        sample_path=str(data / "samples" / "default.parquet"),
+        sample_fingerprint="test",
+        marts_root=str(data / "marts"),
+        mart_versions=versions,
+        tracking_uri=f"sqlite:///{data / 'mlflow' / 'mlflow.db'}",
+        params={"default": {"hidden": 8, "max_epochs": 2, "max_len": 64}},
+        seed=1,
+    )
+    return StepContext(run_dir=run_dir, config=config, progress=lambda step, **f: events.append((step, f)))
+
+
+class Spy:
+    """Wraps a function and records the arguments of every call."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((args, kwargs))
+        return self.fn(*args, **kwargs)
+
+
+def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from anna_models import blend, training
+
+    trainer = Spy(training.train_domain_encoder)
+    monkeypatch.setattr(training, "train_domain_encoder", trainer)
+    blend_fit = Spy(blend.Blender.fit)
+    monkeypatch.setattr(blend.Blender, "fit", lambda self, *a, **k: blend_fit(self, *a, **k))
+    events: list = []
+    ctx = make_context(demo, tmp_path / "run", events)
+    uri = pipeline.run_all(ctx)
+
+    split = pd.read_parquet(ctx.run_dir / "split.parquet")
+    counts = split["part"].value_counts()
+    report = json.loads((ctx.run_dir / "report.json").read_text())
+    assert report["split"]["kind"] == "out_of_time"  # the demo's report dates span 12 months
+    assert (
+        split.loc[split.part == "test", "report_date"].min()
+        > split.loc[split.part == "train", "report_date"].max()
+    )
+    # Encoders saw train rows only (valid for early stopping), the blender valid rows only.
+    assert len(trainer.calls) == len(ctx.config.domains)
+    for args, _ in trainer.calls:
+        train_seqs, y_train, valid_seqs, _ = args
+        assert train_seqs.n_rows == counts["train"] and valid_seqs.n_rows == counts["valid"]
+        np.testing.assert_array_equal(y_train, split.loc[split.part == "train", "y"].to_numpy())
+    assert [len(args[3]) for args, _ in blend_fit.calls] == [counts["valid"]]
+
+    assert set(report["blend"]["test"]["metrics"]) == {"roc_auc", "pr_auc", "log_loss", "accuracy", "f1"}
+    assert (
+        0 < len(report["blend"]["test"]["roc"]["fpr"]) <= 200 and len(report["blend"]["test"]["lift"]) == 10
+    )
+    assert sum(p["rows"] for p in report["split"]["parts"].values()) == len(split)
+    for domain in ctx.config.domains:
+        assert report["domains"][domain]["test"]["rows"] == counts["test"]
+    assert any(f.get("metric_name") == "roc_auc" for step, f in events if step.startswith("train."))
+
+    # The registered model, loaded the MLflow way, scores test rows exactly as the evaluate step did.
+    registered = json.loads((ctx.run_dir / "registered.json").read_text())
+    assert uri == registered["model_uri"] == "models:/default-12m/1"
+    test_rows = split[split.part == "test"]
+    blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
+    expected = blended.loc[blended.part == "test", "score_0"].to_numpy()
+    moved = tmp_path / "moved-marts"  # marts may live elsewhere at serving time: ANNA_MARTS_ROOT wins
+    shutil.copytree(demo / "marts", moved)
+    monkeypatch.setenv("ANNA_MARTS_ROOT", str(moved))
+    scored = mlflow.pyfunc.load_model(uri).predict(test_rows[["client_id", "report_date"]])
+    assert list(scored.columns) == ["client_id", "report_date", "score"]
+    np.testing.assert_allclose(scored["score"].to_numpy(), expected, atol=1e-6)
+
+    # Resume: finished steps are skipped, removed markers re-run, outputs stay the same.
+    model_file = ctx.run_dir / "models" / ctx.config.domains[0] / "model.pt"
+    stamp = model_file.stat().st_mtime_ns
+    for name in ("blend", "evaluate"):
+        pipeline.marker_path(ctx.run_dir, name).unlink()
+    events.clear()
+    assert pipeline.run_all(ctx) == uri
+    assert len(trainer.calls) == len(ctx.config.domains) and len(blend_fit.calls) == 2
+    assert model_file.stat().st_mtime_ns == stamp
+    assert ("register", {"state": "done", "message": "already done"}) in events
+    again = json.loads((ctx.run_dir / "report.json").read_text())
+    assert again["blend"]["test"]["metrics"] == report["blend"]["test"]["metrics"]
+    assert sorted(p.name for p in (ctx.run_dir / "steps").iterdir()) == sorted(
+        f"{name}.done.json" for name in pipeline.step_names(ctx.config.domains)
+    )
+
+
+def test_split_rules() -> None:
+    rng = np.random.default_rng(0)
+    months = pd.to_datetime("2025-01-01") + pd.to_timedelta(rng.integers(0, 3, 1000) * 31, unit="D")
+    sample = pd.DataFrame({"report_date": months, "target": rng.random(1000) < 0.2})
+    parts, info = pipeline.split_sample(sample, "binary", seed=0)
+    assert info["kind"] == "stratified_random"
+    shares = pd.Series(parts).value_counts(normalize=True)
+    assert abs(shares["train"] - 0.70) < 0.02 and abs(shares["valid"] - 0.15) < 0.02
+    for part in ("train", "valid", "test"):
+        assert abs(sample["target"][parts == part].mean() - sample["target"].mean()) < 0.02
+    again, _ = pipeline.split_sample(sample, "binary", seed=0)
+    assert np.array_equal(parts, again)
+
+    days = pd.to_timedelta(rng.integers(0, 365, 1000), unit="D")
+    yearly = pd.DataFrame(
+        {"report_date": pd.to_datetime("2024-01-01") + days, "target": rng.normal(size=1000)}
+    )
+    parts, info = pipeline.split_sample(yearly, "regression", seed=0)
+    assert info["kind"] == "out_of_time"
+    month = yearly["report_date"].dt.month
+    assert set(month[parts == "test"]) == {11, 12} and set(month[parts == "valid"]) == {9, 10}
+
+
+@pytest.mark.parametrize(
+    ("sample", "task_type", "metric"),
+    [("product_next", "multiclass", "log_loss"), ("spend_3m", "regression", "rmse")],
+)
+def test_multiclass_and_regression_runs_score_through_the_packaged_ensemble(
+    demo: Path, tmp_path: Path, sample: str, task_type: str, metric: str
+) -> None:
+    from dataclasses import replace
+
+    from anna_models.pyfunc import load_ensemble, package_ensemble
+
+    frame = pd.read_csv(demo / "demo" / "samples" / f"{sample}.csv", parse_dates=["report_date"])
+    frame.to_parquet(tmp_path / "sample.parquet", index=False)
+    ctx = make_context(demo, tmp_path / "run", [])
+    ctx.config = replace(
+        ctx.config,
+        task_type=task_type,
+        metric=metric,
+        sample_path=str(tmp_path / "sample.parquet"),
+        params={"default": {"hidden": 8, "max_epochs": 1, "max_len": 32}},
+    )
+    for step in pipeline.PRE:
+        step(ctx)
+    for domain in ctx.config.domains:
+        for step in pipeline.PER_DOMAIN:
+            step(ctx, domain)
+    pipeline.blend(ctx)
+    pipeline.evaluate(ctx)
+    report = json.loads((ctx.run_dir / "report.json").read_text())
+    assert report["metric"] == metric and metric in report["blend"]["test"]["metrics"]
+    spec = {
+        "task_type": task_type,
+        "classes": report["classes"],
+        "domains": ctx.config.domains,
+        "max_len": {d: 32 for d in ctx.config.domains},
+        "marts_root": str(demo / "marts"),
+    }
+    ensemble = load_ensemble(package_ensemble(ctx.run_dir, tmp_path / "package", ensemble=spec))
+    split = pd.read_parquet(ctx.run_dir / "split.parquet")
+    test = split[split.part == "test"]
+    scored = ensemble.score_frame(test[["client_id", "report_date"]])
+    blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
+    expected = blended.loc[
+        blended.part == "test", [c for c in blended.columns if c.startswith("score_")]
+    ].to_numpy()
+    if task_type == "multiclass":
+        probs = scored[[f"prob_{c}" for c in report["classes"]]].to_numpy()
+        np.testing.assert_allclose(probs, expected, atol=1e-6)
+        assert set(scored["score"]) <= set(report["classes"])
+        assert report["blend"]["test"]["confusion"] and len(report["blend"]["test"]["confusion"]) == len(
+            probs[0]
+        )
+    else:
+        np.testing.assert_allclose(scored["score"].to_numpy(), expected[:, 0], rtol=1e-6)
