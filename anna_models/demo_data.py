@@ -713,6 +713,8 @@ def generate_demo(
     Layout: ``demo/raw/<domain>/part-XXXXX.parquet``, ``marts/<domain>/``, ``demo/samples/*.csv`` and
     ``oracle.json``, and ``demo/truth/<sample>.parquet`` (each row's hidden truth, for evaluation only).
     """
+    if clients < 1:
+        raise ValueError(f"clients must be at least 1, got {clients}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     writers = {}
@@ -740,9 +742,11 @@ def generate_demo(
             first = chunk * CLIENTS_PER_CHUNK
             c = _draw_clients(rng, FIRST_CLIENT_ID + first, min(CLIENTS_PER_CHUNK, clients - first))
             rows, default_at = _draw_samples(rng, c)
-            for name, frame in rows.items():
-                samples[name].append(frame)
             events = {spec.name: spec.generate(rng, c, default_at) for spec in DOMAINS}
+            # A client with no event in any mart is unknown to ANNA, and sample validation rejects it.
+            seen = np.unique(np.concatenate([e.client_id for e in events.values()]))
+            for name, frame in rows.items():
+                samples[name].append(frame[np.isin(frame["client_id"].to_numpy(), seen)])
             for name, domain_events in events.items():
                 counts[name] += len(domain_events.client_id)
             if writing is not None:

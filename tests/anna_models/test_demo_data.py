@@ -176,3 +176,12 @@ def test_a_default_leaves_marks_only_after_it_happens(demo):
     days_before = (when[soon] - np.datetime64("2024-01-01", "s")).astype(float).sum()
     days_after = (end - when[soon]).astype(float).sum()
     assert (total - before) / days_after < 0.5 * before / days_before
+
+
+def test_every_sample_client_has_events_in_some_mart(demo):
+    """Sample validation rejects clients unknown to every mart, so the demo's samples must have none."""
+    out, _ = demo
+    known = np.unique(np.concatenate([Mart.open(out / "marts" / spec.name).client_ids for spec in DOMAINS]))
+    for name in SAMPLES:
+        frame = pd.read_csv(out / "demo" / "samples" / f"{name}.csv")
+        assert np.isin(frame["client_id"].to_numpy(), known).all(), name
