@@ -37,7 +37,8 @@ def write_result(name: str, results: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
 
     section = (
-        f"<!-- bench:{name} -->\n## {name}\n\nCommand: `{command}` — {payload['date']}, {payload['machine']}\n\n"
+        f"<!-- bench:{name} -->\n## {name}\n\n"
+        f"Command: `{command}` — {payload['date']}, {payload['machine']}\n\n"
         f"{markdown.strip()}\n<!-- /bench:{name} -->"
     )
     text = DOC.read_text() if DOC.exists() else HEADER
