@@ -1,18 +1,24 @@
-"""A domain's model: event encoder → sequence encoder → head (the ptls split).
+"""Sequence models: per domain, event encoder → sequence encoder; then embedding → head (the ptls split).
 
-The sequence encoder's pooled output, after one projection, is the client's domain
-embedding (the penultimate layer); the head maps it to the task's outputs.
+A model reads one domain (a domain encoder) or several at once (the fusion model): each domain's
+pooled state is concatenated, projected to the client's embedding (the penultimate layer), and
+the head maps that to the task's outputs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from anna_models.batching import Batch
 
 ARCHITECTURES = ("gru", "lstm", "transformer")
 
@@ -24,27 +30,42 @@ def embedding_size(vocab_size: int) -> int:
 
 @dataclass
 class EncoderConfig:
-    """Everything needed to rebuild a domain model from its state dict (saved as JSON next to it)."""
+    """One domain's event and sequence encoder."""
 
     categorical: dict[str, int]  # feature name -> vocab size, in the EventTable's (sorted) order
     n_dense: int  # numeric features + 4 time features
-    n_outputs: int  # 1 for binary and regression, C for multiclass
-    task_type: str
     architecture: str = "gru"
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.1
     max_len: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model from its state dict (saved as model.json next to it)."""
+
+    encoders: dict[str, EncoderConfig]  # domain -> its encoder; one entry for a domain model
+    task_type: str
+    n_outputs: int  # 1 for binary and regression, C for multiclass
+    hidden: int = 64  # embedding width
+    dropout: float = 0.1
     classes: list = field(default_factory=list)  # multiclass/binary labels, in output order
     target_mean: float = 0.0  # regression: the head predicts (y - mean) / std
     target_std: float = 1.0
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.encoders)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> EncoderConfig:
-        return cls(**json.loads(Path(path).read_text()))
+    def load(cls, path: Path) -> ModelConfig:
+        raw = json.loads(Path(path).read_text())
+        raw["encoders"] = {d: EncoderConfig(**e) for d, e in raw["encoders"].items()}
+        return cls(**raw)
 
 
 class EventEncoder(nn.Module):
@@ -127,43 +148,50 @@ class SequenceEncoder(nn.Module):
 
 
 class DomainModel(nn.Module):
-    """The full domain model: ``forward`` returns (outputs (B, n_outputs), embedding (B, hidden))."""
+    """A domain encoder (one domain) or the fusion model (several).
 
-    def __init__(self, config: EncoderConfig) -> None:
+    ``forward({domain: Batch})`` with the same rows in every domain's batch returns
+    (outputs (B, n_outputs), embedding (B, hidden)).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.events = EventEncoder(config)
-        self.sequence = SequenceEncoder(config)
-        self.embed = nn.Sequential(
-            nn.Linear(self.sequence.out_width, config.hidden), nn.ReLU(), nn.Dropout(config.dropout)
-        )
+        # Lists, not ModuleDicts keyed by domain: domain names may hold characters module names cannot.
+        self.events = nn.ModuleList(EventEncoder(c) for c in config.encoders.values())
+        self.sequences = nn.ModuleList(SequenceEncoder(c) for c in config.encoders.values())
+        width = sum(s.out_width for s in self.sequences)
+        self.embed = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
         self.head = nn.Linear(config.hidden, config.n_outputs)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for name, param in self.sequence.rnn.named_parameters():
-            # Orthogonal recurrent weights keep the hidden state's scale stable over long histories.
-            if "weight_hh" in name:
-                for chunk in param.data.chunk(param.shape[0] // param.shape[1]):
-                    nn.init.orthogonal_(chunk)
-        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(self.config.hidden) * 0.1)
+        for sequence in self.sequences:
+            for name, param in sequence.rnn.named_parameters():
+                # Orthogonal recurrent weights keep the hidden state's scale stable over long histories.
+                if "weight_hh" in name:
+                    for chunk in param.data.chunk(param.shape[0] // param.shape[1]):
+                        nn.init.orthogonal_(chunk)
+        nn.init.normal_(self.head.weight, std=0.1 / math.sqrt(self.config.hidden))
         nn.init.zeros_(self.head.bias)
 
-    def forward(
-        self, categorical: torch.Tensor, dense: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.embed(self.sequence(self.events(categorical, dense), lengths))
+    def forward(self, batches: Mapping[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = [
+            sequence(events(batches[domain].categorical, batches[domain].dense), batches[domain].lengths)
+            for domain, events, sequence in zip(self.config.domains, self.events, self.sequences, strict=True)
+        ]
+        embedding = self.embed(torch.cat(pooled, dim=-1))
         return self.head(embedding), embedding
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.config.save(folder / "encoder.json")
+        self.config.save(folder / "model.json")
         torch.save(self.state_dict(), folder / "model.pt")
 
     @classmethod
     def load(cls, folder: Path, device: str | torch.device = "cpu") -> DomainModel:
         folder = Path(folder)
-        model = cls(EncoderConfig.load(folder / "encoder.json"))
+        model = cls(ModelConfig.load(folder / "model.json"))
         model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
         return model.to(device).eval()

@@ -12,7 +12,6 @@ from anna_models.marts import Mart
 from anna_models.sequences import TIME_FEATURES, Sequences
 
 SECONDS_PER_DAY = 86_400
-EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is day 0
 
 
 def extract_sequences(mart: Mart, client_id: np.ndarray, report_date: np.ndarray, max_len: int) -> Sequences:
@@ -38,12 +37,11 @@ def extract_sequences(mart: Mart, client_id: np.ndarray, report_date: np.ndarray
     # Row i's events are mart rows ends[i]-counts[i] .. ends[i]-1; shift a global arange per row.
     index = np.arange(offsets[-1], dtype=np.int64)
     index += np.repeat(ends - offsets[1:], counts)
-    times = mart.event_time[index]
     return Sequences(
         offsets=offsets,
         categorical={name: codes[index] for name, codes in mart.categorical.items()},
         numeric={name: mart.normalised(name)[index] for name in mart.numeric},
-        time_features=_time_features(times, np.repeat(report, counts), offsets),
+        time_features=_time_features(mart, index, np.repeat(report, counts), offsets),
     )
 
 
@@ -67,21 +65,24 @@ def _kept_ranges(
     return ends.astype(np.int64), counts
 
 
-def _time_features(times: np.ndarray, report: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(E, 4) float32 in the order of ``TIME_FEATURES``, from (E,) event and report seconds."""
-    # Each feature is computed contiguously and copied into its column once: ufuncs writing straight into
-    # a strided column are several times slower.
-    out = np.empty((len(times), len(TIME_FEATURES)), dtype=np.float32)
-    days_before = (report - times).astype(np.float32)
-    days_before *= np.float32(1 / SECONDS_PER_DAY)
-    out[:, 0] = np.log1p(days_before, out=days_before)
-    gaps = np.empty(len(times), dtype=np.float32)
+def _time_features(mart: Mart, index: np.ndarray, report: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(E, 4) float32 in ``TIME_FEATURES`` order for mart rows ``index`` and their (E,) report seconds."""
+    # Each feature is computed contiguously and copied into its column once (ufuncs writing straight into a
+    # strided column are several times slower), and ``report`` is reused in place: on a fresh process most
+    # of the cost is the first touch of new memory, so fewer temporaries is faster.
+    out = np.empty((len(index), len(TIME_FEATURES)), dtype=np.float32)
+    times = mart.event_time[index]
+    days = np.subtract(report, times, out=report).astype(np.float32)
+    days *= np.float32(1 / SECONDS_PER_DAY)
+    out[:, 0] = np.log1p(days, out=days)
     if len(times):
-        np.subtract(times[1:], times[:-1], out=gaps[1:], casting="unsafe")
-        gaps[offsets[:-1][offsets[:-1] < offsets[1:]]] = 0.0  # a row's first kept event has no previous one
-    gaps *= np.float32(1 / SECONDS_PER_DAY)
-    out[:, 1] = np.log1p(gaps, out=gaps)
-    days, seconds_of_day = np.divmod(times, SECONDS_PER_DAY)
-    out[:, 2] = (seconds_of_day // 3600).astype(np.float32) * np.float32(1 / 24)
-    out[:, 3] = ((days + EPOCH_WEEKDAY) % 7).astype(np.float32) * np.float32(1 / 7)
+        np.subtract(times[1:], times[:-1], out=days[1:], casting="unsafe")
+        days[offsets[:-1][offsets[:-1] < offsets[1:]]] = 0.0  # a row's first kept event has no previous one
+    days *= np.float32(1 / SECONDS_PER_DAY)
+    out[:, 1] = np.log1p(days, out=days)
+    hour, weekday = mart.hour_and_weekday
+    np.multiply(hour[index], np.float32(1 / 24), out=days)
+    out[:, 2] = days
+    np.multiply(weekday[index], np.float32(1 / 7), out=days)
+    out[:, 3] = days
     return out

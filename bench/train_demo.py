@@ -32,16 +32,21 @@ GOAL_SECONDS = 600
 
 
 def ensure_demo(data_dir: Path, clients: int, seed: int) -> dict[str, Any]:
-    """The demo's summary; generated (minutes for 20k clients) only when absent or of another size/seed."""
-    from anna_models.demo_data import generate_demo
+    """The demo's summary; generated (seconds for 20k clients) when absent, of another size or seed, or
+    written by another version of the generator."""
+    import hashlib
 
+    from anna_models import demo_data
+
+    generator = hashlib.sha1(Path(demo_data.__file__).read_bytes()).hexdigest()[:12]
     stamp = data_dir / "demo" / "bench-summary.json"
     if stamp.exists():
         summary = json.loads(stamp.read_text())
-        if summary["clients"] == clients and summary["seed"] == seed:
+        if (summary["clients"], summary["seed"], summary.get("generator")) == (clients, seed, generator):
             return summary
     print(f"generating the demo ({clients} clients) into {data_dir} ...", flush=True)
-    summary = generate_demo(data_dir, clients=clients, seed=seed)
+    summary = demo_data.generate_demo(data_dir, clients=clients, seed=seed)
+    summary["generator"] = generator
     stamp.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -161,8 +166,15 @@ def measure_throughput(run_dir: Path, domain: str) -> dict[str, float]:
     manifest = json.loads((source / "manifest.json").read_text())
     params = TrainParams(max_epochs=2, threads=1)
     model, history = train_domain_encoder(
-        train, y, test, np.zeros(test.n_rows), task_type="binary", metric="log_loss", classes=[0, 1],
-        manifest=manifest, params=params,
+        train,
+        y,
+        test,
+        np.zeros(test.n_rows),
+        task_type="binary",
+        metric="log_loss",
+        classes=[0, 1],
+        manifest=manifest,
+        params=params,
     )
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -184,6 +196,12 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
     for domain, entry in report["domains"].items():
         valid, test = entry["valid"]["metrics"][metric], entry["test"]["metrics"][metric]
         lines.append(f"| {domain} | {valid:.4f} | {test:.4f} |")
+    if "fusion" in report:
+        fusion = report["fusion"]
+        lines.append(
+            f"| fusion (all domains) | {fusion['valid']['metrics'][metric]:.4f} | "
+            f"{fusion['test']['metrics'][metric]:.4f} |"
+        )
     blended = report["blend"]["test"]["metrics"][metric]
     lines.append(f"| **blend** | {report['blend']['valid']['metrics'][metric]:.4f} | **{blended:.4f}** |")
     if oracle["test"] is not None:
@@ -220,6 +238,7 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
         "oracle": oracle,
         "throughput": throughput,
         "domains_test": {d: e["test"]["metrics"][metric] for d, e in report["domains"].items()},
+        "fusion_test": report.get("fusion", {}).get("test", {}).get("metrics", {}).get(metric),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     return "\n".join(lines), results

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anna_models.batching import EventTable
-from anna_models.encoders import DomainModel, EncoderConfig, embedding_size
+from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig, embedding_size
 from anna_models.sequences import Sequences
 
 
@@ -25,16 +25,15 @@ def small_sequences(lengths: list[int], seed: int = 0) -> Sequences:
     )
 
 
-def make_model(architecture: str = "gru", n_outputs: int = 1) -> DomainModel:
+def make_model(
+    architecture: str = "gru", n_outputs: int = 1, domains: tuple[str, ...] = ("card",)
+) -> DomainModel:
     torch.manual_seed(0)
-    config = EncoderConfig(
-        categorical={"mcc": 20},
-        n_dense=5,
-        n_outputs=n_outputs,
-        task_type="binary",
-        architecture=architecture,
-        hidden=16,
-        max_len=64,
+    encoder = EncoderConfig(
+        categorical={"mcc": 20}, n_dense=5, architecture=architecture, hidden=16, max_len=64
+    )
+    config = ModelConfig(
+        encoders={d: encoder for d in domains}, task_type="binary", n_outputs=n_outputs, hidden=16
     )
     return DomainModel(config).eval()
 
@@ -42,7 +41,7 @@ def make_model(architecture: str = "gru", n_outputs: int = 1) -> DomainModel:
 def run(model: DomainModel, seqs: Sequences, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     batch = EventTable(seqs).batch(np.asarray(rows))
     with torch.no_grad():
-        return model(batch.categorical, batch.dense, batch.lengths)
+        return model({d: batch for d in model.config.domains})
 
 
 def test_embedding_size_grows_with_vocab_and_is_capped() -> None:
@@ -68,7 +67,7 @@ def test_empty_histories_get_the_learned_no_history_vector() -> None:
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[0], out[2])
     with torch.no_grad():
-        model.sequence.no_history.add_(1.0)
+        model.sequences[0].no_history.add_(1.0)
     moved, _ = run(model, seqs, [0, 1, 2])
     assert not torch.allclose(moved[0], out[0]) and torch.allclose(moved[1], out[1])
 
@@ -85,3 +84,21 @@ def test_save_and_load_reproduce_outputs(tmp_path: Path) -> None:
     loaded = DomainModel.load(tmp_path / "m")
     assert loaded.config == model.config
     torch.testing.assert_close(run(model, seqs, [0, 1, 2])[0], run(loaded, seqs, [0, 1, 2])[0])
+
+
+def test_a_fusion_model_reads_each_domain_with_its_own_encoder() -> None:
+    card, credit = small_sequences([4, 0, 9], seed=1), small_sequences([0, 2, 30], seed=2)
+    model = make_model(domains=("card", "credit"))
+    table_card, table_credit = EventTable(card), EventTable(credit)
+    with torch.no_grad():
+        out, emb = model({"card": table_card.batch(np.arange(3)), "credit": table_credit.batch(np.arange(3))})
+        changed, _ = model(
+            {
+                "card": table_card.batch(np.arange(3)),
+                "credit": EventTable(small_sequences([0, 2, 30], seed=9)).batch(np.arange(3)),
+            }
+        )
+    assert out.shape == (3, 1) and emb.shape == (3, 16)
+    assert torch.allclose(changed[0], out[0]) and not torch.allclose(
+        changed[2], out[2]
+    )  # row 0 has no credit

@@ -109,7 +109,7 @@ def test_build_mart_encodes_by_frequency_and_sorts_rows_across_frames(tmp_path):
                 ["2024-05-01", "2024-03-01 12:00", "2024-02-01", "2024-01-01"], format="ISO8601"
             ),
             "mcc": ["5411", "5812", "5411", None],
-            "channel": [1, 2, 2, 2],
+            "channel": [1.0, 2.0, 2.0, np.nan],
             "amount": [10.0, np.nan, 30.0, -4.0],
         }
     )
@@ -143,7 +143,7 @@ def test_build_mart_encodes_by_frequency_and_sorts_rows_across_frames(tmp_path):
         _seconds("2024-01-15", "2024-02-01", "2024-03-01T12:00", "2024-01-01", "2024-05-01", "2024-01-01"),
     )
     np.testing.assert_array_equal(mart.categorical["mcc"], [1, 2, 1, 2, 2, 1])  # rare and missing -> <unk>
-    np.testing.assert_array_equal(mart.categorical["channel"], [1, 2, 2, 2, 1, 2])
+    np.testing.assert_array_equal(mart.categorical["channel"], [1, 2, 2, 2, 1, 1])
     assert np.isnan(mart.numeric["amount"][2]) and mart.normalised("amount")[2] == 0.0  # missing -> mean
 
 

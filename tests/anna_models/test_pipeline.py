@@ -67,8 +67,8 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
     from anna_models import blend, training
 
-    trainer = Spy(training.train_domain_encoder)
-    monkeypatch.setattr(training, "train_domain_encoder", trainer)
+    trainer = Spy(training.train_model)  # every model goes through it: each domain's, then the fusion
+    monkeypatch.setattr(training, "train_model", trainer)
     blend_fit = Spy(blend.Blender.fit)
     monkeypatch.setattr(blend.Blender, "fit", lambda self, *a, **k: blend_fit(self, *a, **k))
     events: list = []
@@ -84,10 +84,13 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
         > split.loc[split.part == "train", "report_date"].max()
     )
     # Encoders saw train rows only (valid for early stopping), the blender valid rows only.
-    assert len(trainer.calls) == len(ctx.config.domains)
+    assert [sorted(args[0]) for args, _ in trainer.calls] == [[d] for d in ctx.config.domains] + [
+        sorted(ctx.config.domains)
+    ]
     for args, _ in trainer.calls:
         train_seqs, y_train, valid_seqs, _ = args
-        assert train_seqs.n_rows == counts["train"] and valid_seqs.n_rows == counts["valid"]
+        assert {s.n_rows for s in train_seqs.values()} == {counts["train"]}
+        assert {s.n_rows for s in valid_seqs.values()} == {counts["valid"]}
         np.testing.assert_array_equal(y_train, split.loc[split.part == "train", "y"].to_numpy())
     assert [len(args[3]) for args, _ in blend_fit.calls] == [counts["valid"]]
 
@@ -120,7 +123,7 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
         pipeline.marker_path(ctx.run_dir, name).unlink()
     events.clear()
     assert pipeline.run_all(ctx) == uri
-    assert len(trainer.calls) == len(ctx.config.domains) and len(blend_fit.calls) == 2
+    assert len(trainer.calls) == len(ctx.config.domains) + 1 and len(blend_fit.calls) == 2
     assert model_file.stat().st_mtime_ns == stamp
     assert ("register", {"state": "done", "message": "already done"}) in events
     again = json.loads((ctx.run_dir / "report.json").read_text())
@@ -133,7 +136,8 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
 def test_split_rules() -> None:
     rng = np.random.default_rng(0)
     months = pd.to_datetime("2025-01-01") + pd.to_timedelta(rng.integers(0, 3, 1000) * 31, unit="D")
-    sample = pd.DataFrame({"report_date": months, "target": rng.random(1000) < 0.2})
+    clients = np.arange(1000) % 700  # some clients have two report dates
+    sample = pd.DataFrame({"client_id": clients, "report_date": months, "target": rng.random(1000) < 0.2})
     parts, info = pipeline.split_sample(sample, "binary", seed=0)
     assert info["kind"] == "stratified_random"
     shares = pd.Series(parts).value_counts(normalize=True)
@@ -142,11 +146,12 @@ def test_split_rules() -> None:
         assert abs(sample["target"][parts == part].mean() - sample["target"].mean()) < 0.02
     again, _ = pipeline.split_sample(sample, "binary", seed=0)
     assert np.array_equal(parts, again)
+    same_stratum = sample.assign(part=parts).groupby(["client_id", "target"])["part"].nunique()
+    assert (same_stratum == 1).all()  # a client's rows never straddle train and test
 
     days = pd.to_timedelta(rng.integers(0, 365, 1000), unit="D")
-    yearly = pd.DataFrame(
-        {"report_date": pd.to_datetime("2024-01-01") + days, "target": rng.normal(size=1000)}
-    )
+    yearly = pd.DataFrame({"client_id": np.arange(1000), "report_date": pd.to_datetime("2024-01-01") + days})
+    yearly["target"] = rng.normal(size=1000)
     parts, info = pipeline.split_sample(yearly, "regression", seed=0)
     assert info["kind"] == "out_of_time"
     month = yearly["report_date"].dt.month
@@ -179,14 +184,15 @@ def test_multiclass_and_regression_runs_score_through_the_packaged_ensemble(
     for domain in ctx.config.domains:
         for step in pipeline.PER_DOMAIN:
             step(ctx, domain)
-    pipeline.blend(ctx)
-    pipeline.evaluate(ctx)
+    for step in pipeline.POST[:-1]:  # all but register
+        step(ctx)
     report = json.loads((ctx.run_dir / "report.json").read_text())
     assert report["metric"] == metric and metric in report["blend"]["test"]["metrics"]
     spec = {
         "task_type": task_type,
         "classes": report["classes"],
         "domains": ctx.config.domains,
+        "models": pipeline.model_names(ctx.config.domains),
         "max_len": {d: 32 for d in ctx.config.domains},
         "marts_root": str(demo / "marts"),
     }

@@ -8,7 +8,7 @@ import pytest
 from anna_models.config import TrainParams
 from anna_models.metrics import compute_metric
 from anna_models.sequences import Sequences
-from anna_models.training import predict, to_scores, train_domain_encoder
+from anna_models.training import predict, to_scores, train_domain_encoder, train_model
 
 MANIFEST = {"features": {"mcc": {"kind": "categorical", "vocab_size": 12}}}
 FAST = TrainParams(hidden=16, max_epochs=3, patience=1, batch_size=64, lr=1e-2)
@@ -112,3 +112,28 @@ def test_multiclass_and_regression_outputs() -> None:
     prediction, _ = predict(model, seqs)
     assert abs(prediction.mean() - target.mean()) < 0.5 * target.std()
     assert history[-1]["valid_metric"] < target.std()
+
+
+def test_the_fusion_model_combines_what_each_domain_sees_alone() -> None:
+    card, z1 = latent_task(1600, seed=4)
+    credit, z2 = latent_task(1600, seed=5)
+    y = (z1 + z2 > 0).astype(np.float32)
+    train, valid = np.arange(1200), np.arange(1200, 1600)
+    kwargs = dict(task_type="binary", metric="roc_auc", classes=[0, 1], params=FAST)
+    single, _ = train_domain_encoder(
+        card.take(train), y[train], card.take(valid), y[valid], manifest=MANIFEST, **kwargs
+    )
+    fusion, _ = train_model(
+        {"card": card.take(train), "credit": credit.take(train)},
+        y[train],
+        {"card": card.take(valid), "credit": credit.take(valid)},
+        y[valid],
+        manifests={"card": MANIFEST, "credit": MANIFEST},
+        **kwargs,
+    )
+    auc_single = compute_metric("roc_auc", y[valid], predict(single, card.take(valid))[0])
+    fused, embeddings = predict(fusion, {"card": card.take(valid), "credit": credit.take(valid)})
+    assert compute_metric("roc_auc", y[valid], fused) > auc_single + 0.05
+    assert embeddings.shape == (400, FAST.hidden)
+    with pytest.raises(ValueError, match="dict of Sequences"):
+        predict(fusion, card)
