@@ -37,7 +37,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/bench_data.py
-	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/train_demo.py
 
 # Re-pin every dependency after changing pyproject.toml (needs a working .venv).
 lock:

@@ -151,8 +151,8 @@ def oracle_scores(result: dict[str, Any], data_dir: Path, sample: str) -> dict[s
     return {"whole": whole, "test": compute_metric(config.metric, test["y"].to_numpy(), score)}
 
 
-def measure_throughput(run_dir: Path, domain: str) -> dict[str, float]:
-    """One process, one thread, default encoder (GRU, hidden 64): training events/s, inference clients/s."""
+def measure_throughput(run_dir: Path, domain: str, threads: int) -> dict[str, float]:
+    """One process with ``threads`` threads, default GRU encoder: training events/s, inference clients/s."""
     import torch
 
     from anna_models.config import TrainParams
@@ -164,7 +164,7 @@ def measure_throughput(run_dir: Path, domain: str) -> dict[str, float]:
     split = pd.read_parquet(run_dir / "split.parquet")
     y = split.loc[split["part"] == "train", "y"].to_numpy()
     manifest = json.loads((source / "manifest.json").read_text())
-    params = TrainParams(max_epochs=2, threads=1)
+    params = TrainParams(max_epochs=2, threads=threads)
     model, history = train_domain_encoder(
         train,
         y,
@@ -176,7 +176,7 @@ def measure_throughput(run_dir: Path, domain: str) -> dict[str, float]:
         manifest=manifest,
         params=params,
     )
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     predict(model, test)
     seconds = time.perf_counter() - started
@@ -186,6 +186,22 @@ def measure_throughput(run_dir: Path, domain: str) -> dict[str, float]:
         "clients_per_s": test.n_rows / seconds,
         "inference_events_per_s": test.n_events / seconds,
     }
+
+
+def measure_scoring(result: dict[str, Any], threads: int) -> dict[str, float]:
+    """Retro-inference speed: the score sample through the packaged ensemble, marts opened beforehand."""
+    import torch
+
+    from anna_models.pyfunc import load_ensemble
+
+    torch.set_num_threads(threads)
+    ensemble = load_ensemble(result["run_dir"] / "package")
+    frame = pd.read_csv(result["data_dir"] / "demo" / "samples" / "default_12m_score.csv")
+    ensemble.score_frame(frame.head(10))  # opens the marts once, as a serving process does
+    started = time.perf_counter()
+    ensemble.score_frame(frame)
+    seconds = time.perf_counter() - started
+    return {"rows": len(frame), "seconds": round(seconds, 3), "clients_per_s": len(frame) / seconds}
 
 
 def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) -> tuple[str, dict[str, Any]]:
@@ -219,12 +235,16 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
         "",
         "Steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
         "",
-        "Throughput (one process, one thread, GRU hidden 64, after the run): "
+        f"Throughput (one process, {result['threads']} thread(s), GRU hidden 64, after the run): "
         + "; ".join(
             f"{d}: train {t['events_per_s']:,.0f} events/s (mean length {t['mean_length']:.0f}), "
             f"inference {t['clients_per_s']:,.0f} clients/s"
             for d, t in throughput.items()
         ),
+        "",
+        f"Scoring through the packaged ensemble (extraction of all domains + encoders + blender), "
+        f"{result['threads']} thread(s): {result.get('scoring', {}).get('clients_per_s', 0):,.0f} clients/s "
+        f"on {result.get('scoring', {}).get('rows', 0):,} rows",
         "",
         f"Split: {report['split']['kind']}, rows "
         + ", ".join(f"{p} {v['rows']}" for p, v in report["split"]["parts"].items()),
@@ -237,6 +257,7 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
         "best_single_test": best_single,
         "oracle": oracle,
         "throughput": throughput,
+        "scoring": result.get("scoring"),
         "domains_test": {d: e["test"]["metrics"][metric] for d, e in report["domains"].items()},
         "fusion_test": report.get("fusion", {}).get("test", {}).get("metrics", {}).get(metric),
         "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -255,13 +276,16 @@ def main() -> None:
     parser.add_argument("--sample", default="default_12m", choices=sorted(TASKS))
     parser.add_argument("--params", default="{}", help="RunConfig.params as JSON")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/results and docs")
-    parser.add_argument("--no-throughput", action="store_true", help="skip the single-thread speed check")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the speed check")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the speed check")
     args = parser.parse_args()
     result = run(args)
+    result["threads"] = args.threads
     throughput = {}
     if not args.no_throughput:
         for domain in result["config"].domains:
-            throughput[domain] = measure_throughput(result["run_dir"], domain)
+            throughput[domain] = measure_throughput(result["run_dir"], domain, args.threads)
+        result["scoring"] = measure_scoring(result, args.threads)
     text, results = summarise(result, args.sample, throughput)
     print(text)
     if not args.no_write:
