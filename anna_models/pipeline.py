@@ -7,14 +7,14 @@ a re-run resumes after the last finished step.
 Executors use the graph below: run ``PRE``, then ``PER_DOMAIN`` for every domain (domains are
 independent and may run in parallel processes), then ``POST`` in order. ``POST`` starts with
 ``train_fusion``, a model over all domains at once, which the blender combines with the domains'.
+
+The split rules live in ``anna_models.split``; the markers and the idempotent wrapper in
+``anna_models.steps``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,103 +24,22 @@ import numpy as np
 import pandas as pd
 
 from anna_models.config import METRICS, TASK_TYPES, StepContext, TrainParams
+from anna_models.split import PARTS, prepare_split, read_split
+from anna_models.split import split_sample as split_sample  # re-exported: callers use pipeline.split_sample
+from anna_models.steps import idempotent, write_json
+from anna_models.steps import marker_path as marker_path  # re-exported: callers use pipeline.marker_path
 
-PARTS = ("train", "valid", "test")
 FUSION = "fusion"  # the model over all domains; no domain may take this name
-OOT_MIN_MONTHS = 6  # report dates spanning at least this many months are split out of time
-TEST_SHARE, VALID_SHARE = 0.20, 0.15
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf (an undefined metric) become null, which every JSON reader accepts."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically: a crash leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_plain(payload), indent=2, default=str))
-    tmp.replace(path)
 
 
 def step_name(step: Callable, domain: str | None = None) -> str:
     return step.__name__ if domain is None else f"{step.__name__}.{domain}"
 
 
-def marker_path(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / "steps" / f"{name}.done.json"
-
-
-def _idempotent(fn: Callable[..., dict], step: str | None = None) -> Callable[..., None]:
-    """Skip when the step's marker exists; otherwise run it, report progress and write the marker."""
-    base = step or fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(ctx: StepContext, *domain: str) -> None:
-        name = base if not domain else f"{base}.{domain[0]}"
-        marker = marker_path(ctx.run_dir, name)
-        if marker.exists():
-            ctx.progress(name, state="done", message="already done")
-            return
-        ctx.progress(name, state="running")
-        started = time.perf_counter()
-        summary = fn(ctx, *domain) or {}
-        seconds = round(time.perf_counter() - started, 3)
-        _write_json(marker, {"step": name, "seconds": seconds, "finished_at": time.time(), **summary})
-        ctx.progress(name, state="done", message=f"{seconds:.1f} s")
-
-    return wrapper
-
-
 # ---------------------------------------------------------------- split
 
 
-def split_sample(sample: pd.DataFrame, task_type: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """(N,) part names and a description: out of time when report dates span ≥ 6 months, else stratified."""
-    months = sample["report_date"].dt.to_period("M")
-    distinct = np.sort(months.unique())
-    span = (distinct[-1] - distinct[0]).n + 1 if len(distinct) else 0
-    if span >= OOT_MIN_MONTHS and len(distinct) >= 3:
-        n_test = max(1, round(TEST_SHARE * len(distinct)))
-        n_valid = max(1, round(VALID_SHARE * len(distinct)))
-        test_months, valid_months = distinct[-n_test:], distinct[-n_test - n_valid : -n_test]
-        parts = np.where(months.isin(valid_months), "valid", "train")
-        parts = np.where(months.isin(test_months), "test", parts)
-        return parts, {"kind": "out_of_time", "months": len(distinct)}
-    # Stratified random: rank rows randomly within their stratum and cut each stratum at 70% / 85%. The
-    # random key is drawn per client, so a client's rows (same stratum) share a part: nearly identical
-    # histories a few weeks apart in train and test would flatter the test metric.
-    rng = np.random.default_rng(seed)
-    clients, inverse = np.unique(sample["client_id"].to_numpy(), return_inverse=True)
-    if task_type == "regression":
-        strata = pd.qcut(sample["target"].rank(method="first"), q=min(10, len(sample)), labels=False)
-    else:
-        strata = pd.Series(pd.factorize(sample["target"])[0], index=sample.index)
-    frame = pd.DataFrame({"stratum": np.asarray(strata), "key": rng.random(len(clients))[inverse]})
-    share = frame.groupby("stratum")["key"].rank(pct=True).to_numpy()
-    parts = np.where(share <= 0.70, "train", np.where(share <= 0.85, "valid", "test"))
-    return parts, {"kind": "stratified_random", "months": len(distinct)}
-
-
-def _encode_target(target: pd.Series, task_type: str) -> tuple[np.ndarray, list]:
-    if task_type == "regression":
-        return target.to_numpy(dtype=np.float64), []
-    classes = sorted(target.unique().tolist())
-    if task_type == "binary" and len(classes) != 2:
-        raise ValueError(f"a binary task needs exactly 2 target values, the sample has {len(classes)}")
-    if len(classes) < 2:
-        raise ValueError("the sample's target has a single value; nothing to learn")
-    return np.searchsorted(np.asarray(classes), target.to_numpy()).astype(np.int64), classes
-
-
-@_idempotent
+@idempotent
 def validate_split(ctx: StepContext) -> dict:
     """Check the sample against the task, split it into train/valid/test, write split.parquet + split.json."""
     cfg = ctx.config
@@ -129,36 +48,13 @@ def validate_split(ctx: StepContext) -> dict:
                          f"choose one of {METRICS.get(cfg.task_type)}")
     if FUSION in cfg.domains:
         raise ValueError(f"{FUSION!r} is reserved for the model over all domains; rename that domain")
-    sample = pd.read_parquet(cfg.sample_path)
-    missing = {"client_id", "report_date", "target"} - set(sample.columns)
-    if missing:
-        raise ValueError(f"the sample lacks column(s) {sorted(missing)}")
-    sample = sample[["client_id", "report_date", "target"]].reset_index(drop=True)
-    sample["client_id"] = sample["client_id"].astype(np.int64)
-    sample["report_date"] = pd.to_datetime(sample["report_date"]).astype("datetime64[s]")
-    if sample.isna().any().any():
-        raise ValueError("the sample has empty cells in client_id, report_date or target")
-    y, classes = _encode_target(sample["target"], cfg.task_type)
-    parts, info = split_sample(sample, cfg.task_type, cfg.seed)
-    sample["y"], sample["part"], sample["row"] = y, parts, np.arange(len(sample))
-    for part in PARTS:
-        if not (parts == part).any():
-            raise ValueError(f"the split left no rows for {part!r}; the sample has {len(sample)} rows")
-    dates = sample.groupby("part")["report_date"]
-    info["parts"] = {part: {"rows": int((parts == part).sum()), "date_min": str(dates.min()[part].date()),
-                            "date_max": str(dates.max()[part].date())} for part in PARTS}
-    info["classes"] = classes
+    sample, info = prepare_split(pd.read_parquet(cfg.sample_path), cfg.task_type, cfg.seed)
     tmp = ctx.run_dir / ".split.parquet.tmp"
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     sample.to_parquet(tmp, index=False)
     tmp.replace(ctx.run_dir / "split.parquet")
-    _write_json(ctx.run_dir / "split.json", info)
+    write_json(ctx.run_dir / "split.json", info)
     return {"kind": info["kind"], "rows": {p: v["rows"] for p, v in info["parts"].items()}}
-
-
-def read_split(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    return pd.read_parquet(run_dir / "split.parquet"), json.loads((run_dir / "split.json").read_text())
 
 
 def domain_params(ctx: StepContext, domain: str) -> TrainParams:
@@ -172,7 +68,7 @@ def domain_params(ctx: StepContext, domain: str) -> TrainParams:
 # ---------------------------------------------------------------- per domain
 
 
-@_idempotent
+@idempotent
 def extract(ctx: StepContext, domain: str) -> dict:
     """Point-in-time sequences of every sample row for one domain: extract/<domain>/<part>.npz."""
     from anna_models.extract import extract_sequences
@@ -186,7 +82,7 @@ def extract(ctx: StepContext, domain: str) -> dict:
                      message=f"mart version {mart.version} differs from the pinned {pinned}")
     out = ctx.run_dir / "extract" / domain
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "manifest.json", mart.manifest)
+    write_json(out / "manifest.json", mart.manifest)
     params = domain_params(ctx, domain)
     split, _ = read_split(ctx.run_dir)
     summary: dict[str, Any] = {"mart_version": mart.version, "max_len": params.max_len}
@@ -217,8 +113,8 @@ def _save_model(ctx: StepContext, name: str, model: Any, history: list, params: 
     split, _ = read_split(ctx.run_dir)
     out = ctx.run_dir / "models" / name
     model.save(out)
-    _write_json(out / "history.json", history)
-    _write_json(out / "params.json", params.__dict__)
+    write_json(out / "history.json", history)
+    write_json(out / "params.json", params.__dict__)
     frames = []
     started = time.perf_counter()
     for part in ("valid", "test"):
@@ -244,7 +140,7 @@ def _targets(ctx: StepContext) -> dict[str, np.ndarray]:
     return {part: split.loc[split["part"] == part, "y"].to_numpy() for part in PARTS}
 
 
-@_idempotent
+@idempotent
 def train(ctx: StepContext, domain: str) -> dict:
     """Train the domain encoder on train rows (early stopping on valid); predict valid and test rows."""
     from anna_models.training import train_domain_encoder
@@ -257,7 +153,7 @@ def train(ctx: StepContext, domain: str) -> dict:
         classes=read_split(ctx.run_dir)[1]["classes"], manifest=manifest, params=params, device=ctx.device,
         seed=cfg.seed, progress=lambda **fields: ctx.progress(name, state="running", **fields),
     )
-    _write_json(ctx.run_dir / "models" / domain / "manifest.json", manifest)
+    write_json(ctx.run_dir / "models" / domain / "manifest.json", manifest)
     summary = _save_model(ctx, domain, model, history, params, seqs)
     return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, **summary}
 
@@ -267,7 +163,7 @@ def model_names(domains: list[str]) -> list[str]:
     return [*domains, FUSION] if len(domains) > 1 else list(domains)
 
 
-@_idempotent
+@idempotent
 def train_fusion(ctx: StepContext) -> dict:
     """Train the fusion model, which reads all domains at once, on the same rows as the domain encoders.
 
@@ -310,7 +206,7 @@ def domain_predictions(run_dir: Path, domains: list[str]) -> tuple[pd.DataFrame,
     return rows, outputs, present
 
 
-@_idempotent
+@idempotent
 def blend(ctx: StepContext) -> dict:
     """Fit the blender on valid rows only; write blend/blender.json and blended scores for valid and test."""
     from anna_models.blend import Blender
@@ -340,7 +236,7 @@ def _scores(task_type: str, values: np.ndarray) -> np.ndarray:
     return values if task_type == "multiclass" else values[:, 0]
 
 
-@_idempotent
+@idempotent
 def evaluate(ctx: StepContext) -> dict:
     """Write report.json: per domain, fusion and blended metrics on valid and test, curves, the split."""
     from anna_models.metrics import evaluation
@@ -373,7 +269,7 @@ def evaluate(ctx: StepContext) -> dict:
         scores = _scores(cfg.task_type, blended.loc[mask, score_columns].to_numpy())
         report["blend"][part] = evaluation(cfg.task_type, y[mask], scores, curves=True)
     report["blender"] = json.loads((ctx.run_dir / "blend" / "blender.json").read_text())
-    _write_json(ctx.run_dir / "report.json", report)
+    write_json(ctx.run_dir / "report.json", report)
     return {"test": report["blend"]["test"]["metrics"]}
 
 
@@ -413,11 +309,11 @@ def _log_to_mlflow(ctx: StepContext) -> dict:
         metrics=metrics, children=children, ensemble_dir=folder, registered_name=cfg.task_name,
         artifacts=[ctx.run_dir / "report.json", ctx.run_dir / "split.json"],
     )
-    _write_json(ctx.run_dir / "registered.json", registered)
+    write_json(ctx.run_dir / "registered.json", registered)
     return registered
 
 
-_register = _idempotent(_log_to_mlflow, step="register")
+_register = idempotent(_log_to_mlflow, step="register")
 
 
 def register(ctx: StepContext) -> str:

@@ -38,7 +38,10 @@ def ensure_demo(data_dir: Path, clients: int, seed: int) -> dict[str, Any]:
 
     from anna_models import demo_data
 
-    generator = hashlib.sha1(Path(demo_data.__file__).read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha1()
+    for source in sorted(Path(demo_data.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    generator = digest.hexdigest()[:12]
     stamp = data_dir / "demo" / "bench-summary.json"
     if stamp.exists():
         summary = json.loads(stamp.read_text())

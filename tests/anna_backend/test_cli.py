@@ -16,7 +16,9 @@ from backend_fakes import ADMIN_PASSWORD, Api, FakeRunner, csv_bytes, sample_fra
 from click.testing import CliRunner, Result
 
 from anna_backend.bootstrap import Wiring
-from anna_backend.entrypoints.cli import CliEnv, cli, describe_problems, parse_params, save_token, table
+from anna_backend.entrypoints.cli import cli
+from anna_backend.entrypoints.cli_client import CliEnv, describe_problems, save_token
+from anna_backend.entrypoints.cli_format import parse_params, table
 from anna_backend.service_layer import runs
 from anna_backend.settings import Settings
 
