@@ -14,15 +14,14 @@ from anna_backend.bootstrap import Wiring, bootstrap
 from anna_backend.entrypoints.api import create_app
 from anna_backend.service_layer import auth
 from anna_backend.settings import Settings
+from anna_models.demo_data import generate_demo
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def real(settings: Settings) -> Iterator[Wiring]:
-    demo_data = pytest.importorskip("anna_models.demo_data")
-    pytest.importorskip("anna_models.pipeline")
-    demo_data.generate_demo(settings.data_dir, clients=300, seed=3)
+    generate_demo(settings.data_dir, clients=300, seed=3)
     wired = bootstrap(settings)  # every adapter real: marts, git, LocalRunner, MLflow, scorer
     auth.ensure_admin(wired.backend)
     wired.dispatcher.start()
