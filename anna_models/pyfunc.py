@@ -173,6 +173,30 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
+def _registered_by_earlier_attempt(
+    client: Any, experiment_id: str, tags: dict[str, str], registered_name: str
+) -> dict[str, Any] | None:
+    """The model version an earlier attempt of this ANNA run registered before it died, if any.
+
+    A crash between MLflow's registration and the step's marker would otherwise register a second version.
+    """
+    run_id = tags.get("anna.run_id")
+    if run_id is None:
+        return None
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`anna.run_id` = '{run_id}'"):
+        versions = client.search_model_versions(f"name='{registered_name}' and run_id='{run.info.run_id}'")
+        if versions:
+            version = versions[0].version
+            return {
+                "mlflow_run_id": run.info.run_id,
+                "experiment_id": experiment_id,
+                "model_uri": f"models:/{registered_name}/{version}",
+                "model_version": version,
+                "logged_model_uri": versions[0].source,
+            }
+    return None
+
+
 def log_run(
     *,
     tracking_uri: str,
@@ -203,6 +227,9 @@ def log_run(
             experiment, artifact_location=artifact_location(tracking_uri, experiment)
         )
     )
+    earlier = _registered_by_earlier_attempt(client, experiment_id, tags, registered_name)
+    if earlier is not None:
+        return earlier
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as parent:
         mlflow.log_params(params)
         mlflow.log_metrics(_finite(metrics))

@@ -132,6 +132,13 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
         f"{name}.done.json" for name in pipeline.step_names(ctx.config.domains)
     )
 
+    # A crash after MLflow registered the model but before the marker was written: the re-run finds the
+    # version that attempt registered instead of registering a second one.
+    pipeline.marker_path(ctx.run_dir, "register").unlink()
+    assert pipeline.register(ctx) == uri
+    versions = mlflow.MlflowClient(ctx.config.tracking_uri).search_model_versions("name='default-12m'")
+    assert [str(v.version) for v in versions] == ["1"]
+
 
 def test_split_rules() -> None:
     rng = np.random.default_rng(0)
