@@ -10,6 +10,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from anna_backend.adapters import tables as t
+from anna_backend.adapters.database import CLAIM_LOCK_KEY, advisory_xact_lock
 from anna_backend.domain.model import (
     ACTIVE_STATES,
     AccessToken,
@@ -263,6 +264,10 @@ class SqlRunRepository(ports.RunRepository):
         return {run_id: position for position, run_id in enumerate(ids, start=1)}
 
     def claim_next(self, *, max_active: int, now: datetime) -> Run | None:
+        # SQLite: BEGIN IMMEDIATE already serialises writers. PostgreSQL (READ COMMITTED): two dispatchers
+        # could both count the active runs before either claims, so the count-and-claim runs under a
+        # transaction-scoped advisory lock (held until the unit of work commits or rolls back).
+        advisory_xact_lock(self.session.connection(), CLAIM_LOCK_KEY)
         candidate = self.session.execute(sa.select(sa.func.min(t.runs.c.id))
                                          .where(t.runs.c.state == RunState.QUEUED.value)).scalar_one_or_none()
         if candidate is None:

@@ -73,6 +73,7 @@ class FakeRunner(Runner):
         self._exits: list[DriverExit] = []
         self._alive: set[int] = set()
         self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
 
     def start(self, run: Run) -> int | None:
         assert run.id is not None
@@ -80,7 +81,9 @@ class FakeRunner(Runner):
             self.started.append((run.id, run.attempt))
             self._alive.add(run.id)
         if self.auto_run:
-            threading.Thread(target=self._drive, args=(run.id, run.attempt), daemon=True).start()
+            thread = threading.Thread(target=self._drive, args=(run.id, run.attempt), daemon=True)
+            self._threads.append(thread)
+            thread.start()
         return 4_000_000 + run.id  # no such pid
 
     def _drive(self, run_id: int, attempt: int) -> None:
@@ -99,6 +102,11 @@ class FakeRunner(Runner):
             model_uri=f"models:/fake/{run_id}",
         )
         self.exit(run_id, attempt, 0)
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait for the simulated drivers to end (before the test's database goes away)."""
+        for thread in self._threads:
+            thread.join(timeout)
 
     def exit(self, run_id: int, attempt: int, returncode: int, log_tail: str = "") -> None:
         with self._lock:

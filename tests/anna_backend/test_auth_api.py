@@ -16,6 +16,8 @@ from anna_backend.domain.model import utcnow
 from anna_backend.service_layer import auth
 from anna_backend.settings import Settings
 
+pytestmark = pytest.mark.all_databases
+
 
 def test_login_with_json_or_form_gives_a_working_token(api: Api) -> None:
     for kwargs in (

@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
-from backend_fakes import FakeRunner, seed_runs, states, wait_for
+import pytest
+import sqlalchemy as sa
+from backend_fakes import FakeMartCatalog, FakeRunner, FakeScorer, seed_runs, states, wait_for
 
-from anna_backend.bootstrap import Wiring
+from anna_backend.adapters import tables
+from anna_backend.bootstrap import Wiring, bootstrap
 from anna_backend.domain.model import Run, RunState, utcnow
 from anna_backend.service_layer import runs
 from anna_backend.service_layer.ports import Backend, Builder
+
+pytestmark = pytest.mark.all_databases
 
 
 class ActiveCounter:
     """Samples how many runs the database has building or running, as fast as it can."""
 
     def __init__(self, backend: Backend) -> None:
-        self.path = backend.settings.database_url.removeprefix("sqlite:///")
+        self.engine = sa.create_engine(backend.settings.database_url, isolation_level="AUTOCOMMIT")
         self.maximum = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
-        connection = sqlite3.connect(self.path)
-        while not self._stop.is_set():
-            (count,) = connection.execute(
-                "SELECT count(*) FROM runs WHERE state IN ('building', 'running')"
-            ).fetchone()
-            self.maximum = max(self.maximum, count)
-            self.samples += 1
-        connection.close()
+        with self.engine.connect() as connection:
+            while not self._stop.is_set():
+                count = connection.execute(
+                    sa.text("SELECT count(*) FROM runs WHERE state IN ('building', 'running')")
+                ).scalar_one()
+                self.maximum = max(self.maximum, count)
+                self.samples += 1
+        self.engine.dispose()
 
     def __enter__(self) -> ActiveCounter:
         self._thread.start()
@@ -160,3 +164,42 @@ def test_a_submission_wakes_the_dispatcher(wiring: Wiring, runner: FakeRunner) -
     time.sleep(0.1)
     seed_runs(backend, 1)
     wait_for(lambda: runner.started != [], timeout=5)
+
+
+def _claim_until_none(
+    server: Backend, max_active: int, barrier: threading.Barrier, claimed: list[int]
+) -> None:
+    barrier.wait()
+    while True:
+        with server.uow() as uow:
+            run = uow.runs.claim_next(max_active=max_active, now=utcnow())
+            uow.commit()
+        if run is None:
+            return
+        claimed.append(run.id or 0)
+
+
+def test_dispatchers_with_separate_engines_never_claim_more_than_n(wiring: Wiring) -> None:
+    """Two servers on one database (two engines, as two processes would have) share the N slots."""
+    backend = wiring.backend
+    max_active = 2
+    ids = seed_runs(backend, 8)
+    other = bootstrap(backend.settings, migrate_db=False, runner=FakeRunner(), marts=FakeMartCatalog(),
+                      scorer=FakeScorer())
+    try:
+        for _ in range(15):  # rounds: each one races both dispatchers for the free slots
+            claimed: list[int] = []
+            barrier = threading.Barrier(2)
+            threads = [threading.Thread(target=_claim_until_none, args=(server, max_active, barrier, claimed))
+                       for server in (backend, other.backend)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(claimed) == max_active, claimed
+            assert sorted(claimed) == ids[:max_active]  # still in submission order
+            with wiring.engine.begin() as connection:  # put them back for the next round
+                connection.execute(sa.update(tables.runs).where(tables.runs.c.id.in_(claimed))
+                                   .values(state=RunState.QUEUED.value))
+    finally:
+        other.close()

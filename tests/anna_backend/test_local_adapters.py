@@ -76,6 +76,24 @@ def test_sqlite_runs_in_wal_mode_and_migrations_are_idempotent(settings: Setting
     engine.dispose()
 
 
+def test_migrations_bring_a_fresh_postgresql_database_to_head(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    assert engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+    migrate(engine)
+    migrate(engine)  # idempotent here too
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        tables = set(inspector.get_table_names())
+        version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        columns = {c["name"]: c for c in inspector.get_columns("runs")}
+        indexes = {i["name"] for i in inspector.get_indexes("runs")}
+    assert {"users", "tokens", "tasks", "samples", "runs", "run_steps"} <= tables
+    assert version == "0001_initial"
+    assert columns["id"]["autoincrement"] and str(columns["params"]["type"]) == "JSON"
+    assert {"ix_runs_task_id", "ix_runs_state_id"} <= indexes
+    engine.dispose()
+
+
 def test_openapi_docs_are_served(api: Api) -> None:
     assert api.client.get("/docs").status_code == 200
     paths = api.client.get("/openapi.json").json()["paths"]

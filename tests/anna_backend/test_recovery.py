@@ -17,6 +17,8 @@ from anna_backend.service_layer.ports import Backend, Runner
 from anna_backend.service_layer.run_progress import fail_run, finish_run, record_progress
 from anna_backend.settings import Settings
 
+pytestmark = pytest.mark.all_databases
+
 
 def dead_pid() -> int:
     process = subprocess.Popen(["true"])

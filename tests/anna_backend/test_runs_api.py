@@ -6,9 +6,12 @@ import io
 import json
 
 import pandas as pd
+import pytest
 from backend_fakes import Api, FakeRunner, MakeTask, csv_bytes, sample_frame, upload, wait_for
 
 from anna_backend.bootstrap import Wiring
+
+pytestmark = pytest.mark.all_databases
 
 
 def submit(api: Api, headers: dict[str, str], task: str = "churn", **body: object) -> dict[str, object]:

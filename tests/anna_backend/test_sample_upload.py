@@ -12,6 +12,8 @@ from backend_fakes import Api, MakeTask, csv_bytes, sample_frame, upload
 
 from anna_backend.service_layer.ports import Backend
 
+pytestmark = pytest.mark.all_databases
+
 
 def with_cell(row: int, column: str, value: Any, frame: pd.DataFrame | None = None) -> bytes:
     """A valid sample with data row ``row`` (1-based) set to ``value`` in ``column``."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from backend_fakes import Api, MakeTask, csv_bytes, sample_frame, upload
 
 from anna_backend.service_layer.ports import Backend
 from anna_models.config import RunConfig
+
+pytestmark = pytest.mark.all_databases
 
 
 def git(backend: Backend, *args: str) -> str:
