@@ -12,7 +12,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ def package_ensemble(run_dir: Path, out_dir: Path, *, ensemble: dict[str, Any]) 
     return out_dir
 
 
+_OPEN_MARTS: dict[Path, Any] = {}  # resolved mart folder -> opened Mart
+
+
 @dataclass
 class Ensemble:
     """A loaded ensemble. Marts are opened on first use and reopened when their version changes."""
@@ -54,7 +57,6 @@ class Ensemble:
     spec: dict[str, Any]
     models: dict[str, Any]  # domain (or "fusion") -> DomainModel
     blender: Any  # Blender
-    _marts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def task_type(self) -> str:
@@ -66,10 +68,12 @@ class Ensemble:
     def _mart(self, root: Path, domain: str) -> Any:
         from anna_models.marts import Mart, read_manifest
 
-        path = root / domain
-        cached = self._marts.get(domain)
-        if cached is None or cached.path != path or cached.version != read_manifest(path)["version"]:
-            cached = self._marts[domain] = Mart.open(path)
+        # One copy per process, shared by every loaded ensemble: a serving process keeps several models,
+        # and each would otherwise hold (and load, seconds per mart) its own copy of the same marts.
+        path = (root / domain).resolve()
+        cached = _OPEN_MARTS.get(path)
+        if cached is None or cached.version != read_manifest(path)["version"]:
+            cached = _OPEN_MARTS[path] = Mart.open(path)
         return cached
 
     def domain_outputs(

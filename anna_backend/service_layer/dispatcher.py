@@ -109,16 +109,17 @@ class Dispatcher:
             return
         with self.backend.uow() as uow:
             current = uow.runs.get(run.id, for_update=True)
-            recorded = current is not None and current.state is RunState.BUILDING \
-                and current.attempt == run.attempt
-            if current is not None and recorded:
+            recorded = (
+                current is not None and current.state is RunState.BUILDING and current.attempt == run.attempt
+            )
+            if current is not None and recorded:  # (repeated for mypy's narrowing)
                 current.start(pid)
                 current.git_commit = current.git_commit or built
                 uow.runs.save(current)
                 uow.commit()
         if not recorded:
             # Cancelled while it was being built (or finished already): make sure nothing keeps running.
-            if current is not None and current.state is not RunState.SUCCEEDED:
+            if current is None or current.state is not RunState.SUCCEEDED:
                 self.backend.runner.stop(run)
             return
         log.info("run %s attempt %s running (pid %s)", run.id, run.attempt, pid)

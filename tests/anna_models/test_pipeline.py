@@ -139,6 +139,13 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
     versions = mlflow.MlflowClient(ctx.config.tracking_uri).search_model_versions("name='default-12m'")
     assert [str(v.version) for v in versions] == ["1"]
 
+    # Every ensemble a serving process loads shares one opened copy of each mart.
+    from anna_models.pyfunc import load_ensemble
+
+    first, second = load_ensemble(ctx.run_dir / "package"), load_ensemble(ctx.run_dir / "package")
+    domain = ctx.config.domains[0]
+    assert first._mart(moved, domain) is second._mart(moved, domain)
+
 
 def test_split_rules() -> None:
     rng = np.random.default_rng(0)
