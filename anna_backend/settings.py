@@ -41,6 +41,20 @@ class Settings(BaseSettings):
     pipeline_module: str = "anna_models.pipeline"  # where the driver finds PRE / PER_DOMAIN / POST
     log_level: str = "INFO"
 
+    # Full mode: each switch picks a port's implementation (docs/architecture.md lists them all).
+    queue: Literal["embedded", "rabbitmq"] = "embedded"  # who carries train/score requests
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    rabbitmq_prefix: str = "anna"  # names of the exchange and queues: <prefix>.requests, <prefix>.dead, ...
+    request_retries: int = Field(default=3, ge=0)  # a request that keeps failing goes to the dead letters
+    orchestrator: Literal["local", "airflow"] = "local"  # who runs the pipeline: a driver process, or Airflow
+    airflow_url: str = "http://127.0.0.1:8080"
+    airflow_username: str = "anna"
+    airflow_password: SecretStr | None = None
+    airflow_dag_id: str = "anna_training"
+    airflow_pool: str = "anna_encoders"  # bounds how many encoders train at once (GPU slots)
+    airflow_pool_slots: int = Field(default=3, ge=1)
+    poll_interval_s: float = Field(default=2.0, gt=0)  # how often a worker follows the runs in Airflow
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
@@ -102,7 +116,20 @@ class Settings(BaseSettings):
             "ANNA_DEVICE": self.device,
             "ANNA_PIPELINE_MODULE": self.pipeline_module,
             "ANNA_LOG_LEVEL": self.log_level,
+            "ANNA_QUEUE": self.queue,
+            "ANNA_RABBITMQ_URL": self.rabbitmq_url,
+            "ANNA_RABBITMQ_PREFIX": self.rabbitmq_prefix,
+            "ANNA_REQUEST_RETRIES": str(self.request_retries),
+            "ANNA_ORCHESTRATOR": self.orchestrator,
+            "ANNA_AIRFLOW_URL": self.airflow_url,
+            "ANNA_AIRFLOW_USERNAME": self.airflow_username,
+            "ANNA_AIRFLOW_DAG_ID": self.airflow_dag_id,
+            "ANNA_AIRFLOW_POOL": self.airflow_pool,
+            "ANNA_AIRFLOW_POOL_SLOTS": str(self.airflow_pool_slots),
+            "ANNA_POLL_INTERVAL_S": str(self.poll_interval_s),
         }
+        if self.airflow_password is not None:  # a worker needs it to reach Airflow
+            env["ANNA_AIRFLOW_PASSWORD"] = self.airflow_password.get_secret_value()
         # The admin password is only needed where the first user is created: never hand it to children.
         return env
 

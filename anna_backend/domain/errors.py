@@ -50,3 +50,8 @@ class InvalidInput(DomainError):
             more = len(problems) - MAX_ISSUES
             shown = [*shown, {"row": None, "column": None, "msg": f"... and {more} more problem(s)"}]
         return cls(shown)
+
+
+class ServiceUnavailable(DomainError):
+    """An outside service ANNA needs (RabbitMQ, Airflow, MLflow) is not reachable or not ready (503);
+    the message names the service, where ANNA looked for it and what to do."""

@@ -24,6 +24,7 @@ from anna_backend.domain.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    ServiceUnavailable,
     Unauthenticated,
 )
 from anna_backend.domain.model import User
@@ -45,7 +46,8 @@ from anna_backend.service_layer import auth, runs, tasks
 from anna_backend.service_layer.ports import Backend
 from anna_backend.version import VERSION
 
-_STATUS = {NotFound: 404, Conflict: 409, Forbidden: 403, Unauthenticated: 401, InvalidInput: 422}
+_STATUS = {NotFound: 404, Conflict: 409, Forbidden: 403, Unauthenticated: 401, InvalidInput: 422,
+           ServiceUnavailable: 503}
 _bearer = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
 
 

@@ -209,6 +209,45 @@ class Runner(abc.ABC):
         """Stop the run's driver and everything it started, if it is alive."""
 
 
+@dataclass(frozen=True)
+class StepStatus:
+    """One pipeline step as the orchestrator sees it; ``name`` is ANNA's (``train.card``), ``state`` one of
+    pending, running, retrying, succeeded, failed, skipped; ``error`` the failure's message, if any."""
+
+    name: str
+    state: str
+    try_number: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """A run's pipeline in the orchestrator. ``state``: missing (never triggered), queued, running,
+    succeeded, failed; ``error`` says what failed (the failed step and its error) when it failed."""
+
+    state: str
+    steps: list[StepStatus]
+    error: str | None = None
+
+
+class Orchestrator(Runner):
+    """A runner whose pipelines live in an outside scheduler (Airflow). Nothing to reap: workers follow
+    each run with ``status``. ``start`` is idempotent: a run's attempt has exactly one pipeline run there."""
+
+    @abc.abstractmethod
+    def ensure_ready(self) -> None:
+        """Make sure the pipeline can be triggered (the DAG parsed and unpaused, the pool there); raises
+        ``ServiceUnavailable`` with a message that says what is missing."""
+
+    @abc.abstractmethod
+    def status(self, run: Run) -> PipelineStatus: ...
+
+    def exited(self) -> list[DriverExit]:
+        return []
+
+
 class Scorer(abc.ABC):
     """Scores rows with a succeeded run's model (retro-inference)."""
 
