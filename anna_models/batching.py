@@ -29,6 +29,7 @@ class Batch:
     lengths: torch.Tensor  # (B,) int64, may be 0
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``; asynchronous from pinned memory (see ``pin_memory``), a no-op if already there."""
         return Batch(
             rows=self.rows,
             categorical=self.categorical.to(device, non_blocking=True),
@@ -36,11 +37,21 @@ class Batch:
             lengths=self.lengths.to(device, non_blocking=True),
         )
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory, so that ``to("cuda")`` overlaps with the GPU's work."""
+        return Batch(
+            rows=self.rows,
+            categorical=self.categorical.pin_memory(),
+            dense=self.dense.pin_memory(),
+            lengths=self.lengths.pin_memory(),
+        )
+
 
 class EventTable:
     """The events of a ``Sequences`` stacked into two tensors, plus one all-zero padding event at the end.
 
     A batch is then one gather per tensor: ``table[index]`` with padded slots pointing at the padding event.
+    The gather runs where the table lives (``to``): on a GPU only the (B, T) index crosses the bus.
     """
 
     def __init__(self, seqs: Sequences, vocab_sizes: dict[str, int] | None = None) -> None:
@@ -70,6 +81,21 @@ class EventTable:
     def n_rows(self) -> int:
         return len(self.lengths)
 
+    @property
+    def device(self) -> torch.device:
+        return self.categorical.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the event tensors take (what ``to`` moves)."""
+        return self.categorical.nbytes + self.dense.nbytes
+
+    def to(self, device: torch.device | str) -> EventTable:
+        """Move the event tensors to ``device`` (in place; returns self): batches are then gathered there."""
+        self.categorical = self.categorical.to(device)
+        self.dense = self.dense.to(device)
+        return self
+
     def batch(self, rows: np.ndarray) -> Batch:
         """Pad ``rows`` to their own longest length (at least 1, so empty rows still form a tensor)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -79,13 +105,18 @@ class EventTable:
         index = self.offsets[rows][:, None] + steps[None, :]  # (B, T)
         real = steps[None, :] < lengths[:, None]
         index = np.where(real, index, self.pad)
-        flat = torch.from_numpy(index.reshape(-1))
+        flat, lengths_t = torch.from_numpy(index.reshape(-1)), torch.from_numpy(lengths)
+        if self.device.type != "cpu":
+            # Pageable sources are staged by the driver before the call returns, so the numpy arrays may go;
+            # non_blocking spares a wait for the GPU's queued work (a blocking copy synchronises the stream).
+            flat = flat.to(self.device, non_blocking=True)
+            lengths_t = lengths_t.to(self.device, non_blocking=True)
         shape = (len(rows), width)
         return Batch(
             rows=rows,
             categorical=self.categorical[flat].view(*shape, -1),
             dense=self.dense[flat].view(*shape, -1),
-            lengths=torch.from_numpy(lengths),
+            lengths=lengths_t,
         )
 
 

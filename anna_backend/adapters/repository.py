@@ -263,13 +263,13 @@ class SqlRunRepository(ports.RunRepository):
                                    .order_by(t.runs.c.id)).scalars()
         return {run_id: position for position, run_id in enumerate(ids, start=1)}
 
-    def claim_next(self, *, max_active: int, now: datetime) -> Run | None:
+    def claim_next(self, *, max_active: int, now: datetime, run_id: int | None = None) -> Run | None:
         # SQLite: BEGIN IMMEDIATE already serialises writers. PostgreSQL (READ COMMITTED): two dispatchers
         # could both count the active runs before either claims, so the count-and-claim runs under a
         # transaction-scoped advisory lock (held until the unit of work commits or rolls back).
         advisory_xact_lock(self.session.connection(), CLAIM_LOCK_KEY)
-        candidate = self.session.execute(sa.select(sa.func.min(t.runs.c.id))
-                                         .where(t.runs.c.state == RunState.QUEUED.value)).scalar_one_or_none()
+        oldest = sa.select(sa.func.min(t.runs.c.id)).where(t.runs.c.state == RunState.QUEUED.value)
+        candidate = run_id if run_id is not None else self.session.execute(oldest).scalar_one_or_none()
         if candidate is None:
             return None
         others = t.runs.alias("active_runs")

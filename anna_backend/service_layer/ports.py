@@ -117,9 +117,10 @@ class RunRepository(abc.ABC):
         """1-based place in the queue of every queued run, in submission order."""
 
     @abc.abstractmethod
-    def claim_next(self, *, max_active: int, now: datetime) -> Run | None:
-        """Move the oldest queued run to ``building`` in one conditional update, if fewer than ``max_active``
-        runs are building or running and it is still queued; None when nothing was claimed."""
+    def claim_next(self, *, max_active: int, now: datetime, run_id: int | None = None) -> Run | None:
+        """Move the oldest queued run (or run ``run_id``) to ``building`` in one conditional update, if fewer
+        than ``max_active`` runs are building or running and it is still queued; None when nothing was
+        claimed."""
 
     @abc.abstractmethod
     def task_names(self, task_ids: set[int]) -> dict[int, str]: ...

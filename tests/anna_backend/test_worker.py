@@ -1,0 +1,293 @@
+"""The full-mode worker on fakes of the broker and the orchestrator, over the real database (both kinds).
+
+The real RabbitMQ and Airflow are exercised in tests/anna_backend/test_rabbitmq.py and tests/integration.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from backend_fakes import seed_runs, states
+
+from anna_backend.domain.model import ACTIVE_STATES, Run, RunState
+from anna_backend.service_layer.ports import Backend, Orchestrator, PipelineStatus, StepStatus
+from anna_backend.service_layer.worker import Worker
+from anna_models.progress import FileProgress
+
+pytestmark = pytest.mark.all_databases
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    run_id: int
+    job_id: int | None = None
+
+
+@dataclass
+class Message:
+    request: Request | None
+    problem: str | None = None
+    redelivered: bool = False
+    retries: int = 0
+
+
+@dataclass
+class Broker:
+    """A queue shared by the fake consumers: what RabbitMQ does for ANNA, minus the network."""
+
+    queue: deque[Message] = field(default_factory=deque)
+    dead: list[tuple[Message, str]] = field(default_factory=list)
+    acked: list[Message] = field(default_factory=list)
+    retry_limit: int = 2
+
+    def publish(self, request: Request | None, problem: str | None = None) -> None:
+        self.queue.append(Message(request, problem))
+
+
+@dataclass
+class Consumer:
+    broker: Broker
+
+    def get(self, timeout_s: float) -> Message | None:
+        return self.broker.queue.popleft() if self.broker.queue else None
+
+    def ack(self, delivery: Message) -> None:
+        self.broker.acked.append(delivery)
+
+    def requeue(self, delivery: Message) -> None:
+        delivery.redelivered = True
+        self.broker.queue.appendleft(delivery)
+
+    def retry(self, delivery: Message, reason: str) -> bool:
+        if delivery.retries >= self.broker.retry_limit:
+            self.dead_letter(delivery, reason)
+            return False
+        self.broker.queue.append(Message(delivery.request, retries=delivery.retries + 1))
+        return True
+
+    def dead_letter(self, delivery: Message, reason: str) -> None:
+        self.broker.dead.append((delivery, reason))
+
+
+class FakeOrchestrator(Orchestrator):
+    """Pipelines keyed like Airflow's DAG runs: one per (run, attempt); a second start changes nothing."""
+
+    def __init__(self) -> None:
+        self.pipelines: dict[tuple[int, int], str] = {}
+        self.starts = 0
+        self.down = False
+        self.stopped: list[int] = []
+        self.steps: list[StepStatus] = []
+        self.error: str | None = None
+
+    def ensure_ready(self) -> None:
+        return None
+
+    def start(self, run: Run) -> int | None:
+        self.starts += 1
+        if self.down:
+            raise ConnectionError("Airflow at http://127.0.0.1:1 is unreachable")
+        assert run.id is not None
+        self.pipelines.setdefault((run.id, run.attempt), "running")
+        return None
+
+    def status(self, run: Run) -> PipelineStatus:
+        assert run.id is not None
+        state = self.pipelines.get((run.id, run.attempt), "missing")
+        return PipelineStatus(state=state, steps=self.steps, error=self.error if state == "failed" else None)
+
+    def is_alive(self, run: Run) -> bool:
+        return self.status(run).state in ("queued", "running")
+
+    def stop(self, run: Run) -> None:
+        assert run.id is not None
+        self.stopped.append(run.id)
+
+    def finish(self, run_id: int, state: str = "succeeded") -> None:
+        for key in self.pipelines:
+            if key[0] == run_id:
+                self.pipelines[key] = state
+
+
+def active(backend: Backend) -> int:
+    with backend.uow() as uow:
+        return len(uow.runs.in_states(ACTIVE_STATES))
+
+
+@pytest.fixture
+def broker() -> Broker:
+    return Broker()
+
+
+@pytest.fixture
+def orchestrator() -> FakeOrchestrator:
+    return FakeOrchestrator()
+
+
+def worker(backend: Backend, broker: Broker, orchestrator: FakeOrchestrator, hold_s: float = 60.0) -> Worker:
+    backend.settings.poll_interval_s = 1e-9  # follow on every tick
+    return Worker(backend=backend, deliveries=Consumer(broker), orchestrator=orchestrator, hold_s=hold_s)
+
+
+def test_two_workers_run_six_requests_never_more_than_three_at_once(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    backend.settings.max_concurrent_runs = 3
+    ids = seed_runs(backend, 6)
+    for run_id in ids:
+        broker.publish(Request("train", run_id))
+    workers = [worker(backend, broker, orchestrator), worker(backend, broker, orchestrator)]
+    most = 0
+    for _ in range(40):
+        for w in workers:
+            w.tick()
+            most = max(most, active(backend))
+        running = [k for k, v in orchestrator.pipelines.items() if v == "running"]
+        if running:
+            orchestrator.finish(running[0][0])
+        if all(s == "succeeded" for s in states(backend).values()):
+            break
+    assert most == 3
+    assert set(states(backend).values()) == {"succeeded"}
+    assert len(orchestrator.pipelines) == 6 and not broker.queue and not broker.dead
+
+
+def test_a_redelivered_request_finishes_what_a_dead_worker_began_without_a_second_pipeline(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    [building, running] = seed_runs(backend, 2)
+    with backend.uow() as uow:  # one worker died right after its claim, another after starting the pipeline
+        for run_id in (building, running):
+            uow.runs.claim_next(max_active=5, now=uow_now(), run_id=run_id)
+        uow.commit()
+    first = worker(backend, broker, orchestrator)
+    with backend.uow() as uow:
+        run = uow.runs.get(running)
+        assert run is not None
+    first._build_and_start(run)
+    assert orchestrator.pipelines == {(running, 1): "running"}
+    for run_id in (building, running):
+        broker.queue.append(Message(Request("train", run_id), redelivered=True))
+    second = worker(backend, broker, orchestrator)
+    second.tick()
+    second.tick()
+    assert states(backend) == {building: "running", running: "running"}
+    assert sorted(orchestrator.pipelines) == [(building, 1), (running, 1)]  # one pipeline each
+    assert len(broker.acked) == 2 and not broker.dead
+
+
+def test_requests_that_cannot_be_valid_go_to_the_dead_letters(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    broker.publish(None, problem="body is not JSON: b'hello'")
+    broker.publish(Request("train", 999))
+    broker.publish(Request("explode", 1))
+    w = worker(backend, broker, orchestrator)
+    for _ in range(3):
+        w.tick()
+    reasons = [reason for _, reason in broker.dead]
+    assert reasons[0] == "body is not JSON: b'hello'"
+    assert "no run 999" in reasons[1]
+    assert "'explode'" in reasons[2]
+    assert orchestrator.starts == 0
+
+
+def test_an_unreachable_orchestrator_is_retried_then_the_run_fails_with_the_reason(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    [run_id] = seed_runs(backend, 1)
+    broker.publish(Request("train", run_id))
+    orchestrator.down = True
+    w = worker(backend, broker, orchestrator)
+    for _ in range(5):
+        w.tick()
+    assert [m.retries for m, _ in broker.dead] == [broker.retry_limit]
+    with backend.uow() as uow:
+        run = uow.runs.get(run_id)
+    assert run is not None and run.state is RunState.FAILED
+    assert run.error is not None and "unreachable" in run.error and "3 tries" in run.error
+    assert active(backend) == 0  # the slot is free again
+
+
+def test_a_request_without_a_free_slot_is_held_then_handed_back(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    backend.settings.max_concurrent_runs = 1
+    first, second = seed_runs(backend, 2)
+    broker.publish(Request("train", first))
+    broker.publish(Request("train", second))
+    w = worker(backend, broker, orchestrator, hold_s=0.0)
+    w.tick()  # starts the first
+    w.tick()  # takes the second, finds no slot, hands it back at once (hold_s=0)
+    assert states(backend) == {first: "running", second: "queued"}
+    assert broker.queue and broker.queue[0].request == Request("train", second) and broker.queue[0].redelivered
+    orchestrator.finish(first)
+    w.follow()
+    w.tick()
+    assert states(backend) == {first: "succeeded", second: "running"}
+
+
+def test_a_request_for_a_run_cancelled_while_it_waited_is_dropped(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    backend.settings.max_concurrent_runs = 1
+    first, second = seed_runs(backend, 2)
+    broker.publish(Request("train", first))
+    broker.publish(Request("train", second))
+    w = worker(backend, broker, orchestrator)
+    w.tick()
+    w.tick()  # holds the second request
+    with backend.uow() as uow:
+        run = uow.runs.get(second, for_update=True)
+        assert run is not None
+        run.cancel()
+        uow.runs.save(run)
+        uow.commit()
+    w.tick()
+    assert broker.acked[-1].request == Request("train", second)
+    assert (second, 1) not in orchestrator.pipelines
+
+
+def test_following_copies_task_states_and_progress_and_fails_the_run_with_the_task_error(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    [run_id] = seed_runs(backend, 1)
+    broker.publish(Request("train", run_id))
+    w = worker(backend, broker, orchestrator)
+    w.tick()
+    progress = FileProgress(backend.artifacts.run_dir(run_id), interval_s=0)
+    progress("train.cards", state="running", epoch=3, max_epochs=10, metric=0.71, metric_name="roc_auc")
+    orchestrator.steps = [StepStatus("validate_split", "succeeded"), StepStatus("extract.cards", "succeeded"),
+                          StepStatus("train.cards", "running", try_number=1)]
+    w.follow()
+    with backend.uow() as uow:
+        run = uow.runs.get(run_id)
+    assert run is not None
+    step = run.step("train.cards")
+    assert step is not None and step.state.value == "running" and step.epoch == 3 and step.metric == 0.71
+    assert run.step("validate_split").state.value == "succeeded"  # type: ignore[union-attr]
+
+    orchestrator.steps[2] = StepStatus("train.cards", "failed", error="FileNotFoundError: cards/part-0.parquet")
+    orchestrator.error = "step train.cards failed: FileNotFoundError: cards/part-0.parquet"
+    orchestrator.finish(run_id, "failed")
+    w.follow()
+    with backend.uow() as uow:
+        run = uow.runs.get(run_id)
+    assert run is not None and run.state is RunState.FAILED
+    assert run.error == "step train.cards failed: FileNotFoundError: cards/part-0.parquet"
+    assert run.step("train.cards").state.value == "failed"  # type: ignore[union-attr]
+    assert active(backend) == 0
+
+
+def test_a_running_run_whose_pipeline_is_missing_gets_it_started(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    [run_id] = seed_runs(backend, 1)
+    broker.publish(Request("train", run_id))
+    w = worker(backend, broker, orchestrator)
+    w.tick()
+    orchestrator.pipelines.clear()  # as if the worker died between recording "running" and the trigger
+    w.follow()
+    assert orchestrator.pipelines == {(run_id, 1): "running"}
+
+
+def uow_now() -> Any:
+    from anna_backend.domain.model import utcnow
+
+    return utcnow()
