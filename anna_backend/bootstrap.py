@@ -1,7 +1,9 @@
-"""Wiring: the one place that picks an implementation for every port (embedded mode).
+"""Wiring: the one place that picks an implementation for every port.
 
-The HTTP app, the dispatcher and the pipeline driver all start from ``bootstrap``; tests hand in fakes for
-the ports they want to control.
+Embedded mode: SQLite, a dispatcher thread as the queue, a local driver process per run. Full mode
+(``ANNA_QUEUE=rabbitmq``, ``ANNA_ORCHESTRATOR=airflow``): RabbitMQ carries the requests and Airflow runs the
+pipelines; the database is whatever ``ANNA_DATABASE_URL`` names. The HTTP app, the dispatcher, the worker
+and the pipeline driver all start from ``bootstrap``; tests hand in fakes for the ports they control.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from anna_backend.service_layer.ports import (
     MartCatalog,
     ModelConfigRepo,
     Runner,
+    RunQueue,
     Scorer,
 )
 from anna_backend.settings import Settings, get_settings
@@ -40,12 +43,13 @@ class Wiring:
 
     def close(self) -> None:
         self.dispatcher.stop()
+        self.backend.queue.close()
         self.engine.dispose()
 
 
 def bootstrap(settings: Settings | None = None, *, migrate_db: bool = True, runner: Runner | None = None,
               builder: Builder | None = None, scorer: Scorer | None = None, marts: MartCatalog | None = None,
-              model_config: ModelConfigRepo | None = None) -> Wiring:
+              model_config: ModelConfigRepo | None = None, queue: RunQueue | None = None) -> Wiring:
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
@@ -59,6 +63,9 @@ def bootstrap(settings: Settings | None = None, *, migrate_db: bool = True, runn
     model_config = model_config or GitModelConfigRepo(settings.model_config_repo)
     artifacts = LocalRunArtifacts(settings.runs_dir)
     wakeup = WakeUp()
+    if settings.full_mode:
+        queue = queue or _rabbitmq(settings)
+        runner = runner or _airflow(settings, model_config)
     backend = Backend(
         settings=settings,
         uow=uow,
@@ -69,6 +76,19 @@ def bootstrap(settings: Settings | None = None, *, migrate_db: bool = True, runn
         marts=marts or LocalMartCatalog(settings.marts_dir),
         sample_store=LocalSampleStore(settings.samples_dir),
         artifacts=artifacts,
-        queue=wakeup,
+        queue=queue or wakeup,
     )
     return Wiring(backend=backend, dispatcher=Dispatcher(backend, wakeup), engine=engine)
+
+
+def _rabbitmq(settings: Settings) -> RunQueue:
+    from anna_backend.adapters.rabbitmq import RabbitRequestQueue
+
+    return RabbitRequestQueue(settings.rabbitmq_url, settings.rabbitmq_prefix,
+                              retries=settings.request_retries)
+
+
+def _airflow(settings: Settings, model_config: ModelConfigRepo) -> Runner:
+    from anna_backend.adapters.airflow import AirflowOrchestrator
+
+    return AirflowOrchestrator(settings, model_config)

@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _modes_that_fit(self) -> Settings:
+        # The embedded dispatcher reaps local drivers; a worker follows Airflow. Nothing follows a mix.
+        if (self.queue == "rabbitmq") != (self.orchestrator == "airflow"):
+            raise ValueError(
+                f"ANNA_QUEUE={self.queue} does not go with ANNA_ORCHESTRATOR={self.orchestrator}: use "
+                "embedded + local (one process) or rabbitmq + airflow (full mode, with `anna worker`)")
+        return self
+
+    @property
+    def full_mode(self) -> bool:
+        return self.queue == "rabbitmq"
+
+    @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.env != "prod" or self.admin_password is None:
             return self

@@ -54,10 +54,18 @@ def cli(ctx: click.Context, url: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
-    """Start ANNA (API, run queue and local runner) on this machine."""
+    """Start ANNA's server (embedded mode: with its run queue and local runner)."""
     from anna_backend.entrypoints.serve import serve as run_server
 
     run_server(host, port)
+
+
+@cli.command()
+def worker() -> None:
+    """Full mode: take train requests from RabbitMQ and run them in Airflow (start one or more)."""
+    from anna_backend.entrypoints.worker import run_worker
+
+    sys.exit(run_worker())
 
 
 PROGRESS_STEPS = 1000

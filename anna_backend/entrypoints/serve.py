@@ -1,4 +1,5 @@
-"""The embedded server: migrations, the first admin, the dispatcher thread and uvicorn, in one process."""
+"""The server: migrations, the first admin and uvicorn; in embedded mode also the dispatcher thread (in
+full mode ``anna worker`` processes start and follow the runs)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     configure_logging(settings.log_level)
     wiring = bootstrap(settings)  # runs the migrations
     ensure_admin(wiring.backend)
-    wiring.dispatcher.start()  # re-queues what a previous server left, then serves the queue
-    log.info("ANNA %s serving on http://%s:%s (API docs at /docs), data in %s", settings.env, host, port,
-             settings.data_dir)
+    if not settings.full_mode:
+        wiring.dispatcher.start()  # re-queues what a previous server left, then serves the queue
+    log.info("ANNA %s (%s mode) serving on http://%s:%s (API docs at /docs), data in %s", settings.env,
+             "full" if settings.full_mode else "embedded", host, port, settings.data_dir)
     try:
         uvicorn.run(create_app(wiring.backend), host=host, port=port, log_level=settings.log_level.lower())
     finally:

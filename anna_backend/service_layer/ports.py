@@ -300,11 +300,32 @@ class RunArtifacts(abc.ABC):
     def log_tail(self, run_id: int, *, lines: int = 30) -> str: ...
 
 
+@dataclass(frozen=True)
+class DeadRequest:
+    """A request the queue gave up on: it could not be valid, or it kept failing past the retry limit."""
+
+    body: str
+    kind: str | None
+    run_id: int | None
+    reason: str
+    retries: int
+    dead_at: datetime | None
+
+
 class RunQueue(abc.ABC):
-    """Tells whoever starts runs that there is work (embedded: wakes the dispatcher thread)."""
+    """Carries train requests to whoever starts runs (embedded: wakes the dispatcher thread; full mode:
+    RabbitMQ). ``submitted`` raises ``ServiceUnavailable`` when the request could not be queued."""
 
     @abc.abstractmethod
     def submitted(self, run_id: int) -> None: ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadRequest]:
+        """Requests given up on, oldest first (embedded mode has none: it retries nothing)."""
+        return []
+
+    def close(self) -> None:
+        """Release connections, if any."""
+        return None
 
 
 @dataclass

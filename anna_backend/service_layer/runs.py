@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from anna_backend.domain.errors import Conflict, InvalidInput, NotFound
+from anna_backend.domain.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from anna_backend.domain.model import Run, RunState, Sample, Task, User
 from anna_backend.service_layer.ports import AbstractUnitOfWork, Backend
 from anna_backend.service_layer.sample_files import parse_scoring_rows
@@ -148,7 +148,18 @@ def submit_run(backend: Backend, *, user: User, task_ref: str | int, sample_id: 
         uow.commit()
     log.info("run %s of task %s queued by %s", run.id, task.name, user.username)
     view = get_run(backend, run.id)  # as submitted: queued, before the dispatcher can claim it
-    backend.queue.submitted(run.id)
+    try:
+        backend.queue.submitted(run.id)
+    except ServiceUnavailable as error:
+        # The run is recorded but nobody will ever start it: end it now, saying why, so nothing hangs.
+        with backend.uow() as uow:
+            failed = _get_run(uow, run.id, for_update=True)
+            if failed.state is RunState.QUEUED:
+                failed.cancel()
+                failed.error = f"could not be queued: {error}"
+                uow.runs.save(failed)
+                uow.commit()
+        raise
     return view
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,19 +93,20 @@ class Worker:
 
     # ------------------------------------------------------------------------------------------- the loop
 
-    def serve(self, stop: threading.Event) -> None:
+    def serve(self, stop: threading.Event, *, healthy: Callable[[], bool] = lambda: True) -> None:
+        """Rounds until ``stop`` is set or ``healthy()`` (the broker connection) no longer holds."""
         settings = self.backend.settings
         self.orchestrator.ensure_ready()
         log.info("worker started: at most %s run(s) at once across all workers", settings.max_concurrent_runs)
-        while not stop.is_set():
+        while not stop.is_set() and healthy():
             try:
                 self.tick(wait_s=min(1.0, settings.poll_interval_s))
             except Exception:  # one bad round must not end the worker; the next round retries
                 log.exception("worker round failed")
                 stop.wait(settings.poll_interval_s)
-        if self._held is not None:
+        if self._held is not None and healthy():
             self.deliveries.requeue(self._held.delivery)
-            self._held = None
+        self._held = None  # on a lost connection the broker has taken it back already
         log.info("worker stopped")
 
     def tick(self, wait_s: float = 0.0) -> None:

@@ -219,7 +219,8 @@ def test_a_request_without_a_free_slot_is_held_then_handed_back(
     w.tick()  # starts the first
     w.tick()  # takes the second, finds no slot, hands it back at once (hold_s=0)
     assert states(backend) == {first: "running", second: "queued"}
-    assert broker.queue and broker.queue[0].request == Request("train", second) and broker.queue[0].redelivered
+    handed_back = broker.queue[0]
+    assert handed_back.request == Request("train", second) and handed_back.redelivered
     orchestrator.finish(first)
     w.follow()
     w.tick()
@@ -264,7 +265,8 @@ def test_following_copies_task_states_and_progress_and_fails_the_run_with_the_ta
     assert step is not None and step.state.value == "running" and step.epoch == 3 and step.metric == 0.71
     assert run.step("validate_split").state.value == "succeeded"  # type: ignore[union-attr]
 
-    orchestrator.steps[2] = StepStatus("train.cards", "failed", error="FileNotFoundError: cards/part-0.parquet")
+    error = "FileNotFoundError: cards/part-0.parquet"
+    orchestrator.steps[2] = StepStatus("train.cards", "failed", error=error)
     orchestrator.error = "step train.cards failed: FileNotFoundError: cards/part-0.parquet"
     orchestrator.finish(run_id, "failed")
     w.follow()
