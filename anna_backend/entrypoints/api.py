@@ -29,6 +29,7 @@ from anna_backend.domain.errors import (
 )
 from anna_backend.domain.model import User
 from anna_backend.entrypoints.schemas import (
+    DeadRequestPublic,
     HealthPublic,
     MartPublic,
     RunCreate,
@@ -87,8 +88,10 @@ def create_app(backend: Backend) -> FastAPI:
     app.add_exception_handler(DomainError, _domain_error)
 
     @app.get("/health", tags=["meta"])
-    def health() -> HealthPublic:
-        return HealthPublic(status="ok", version=VERSION)
+    def health(backend: BackendDep) -> HealthPublic:
+        settings = backend.settings
+        return HealthPublic(status="ok", version=VERSION, mode="full" if settings.full_mode else "embedded",
+                            queue=settings.queue, orchestrator=settings.orchestrator)
 
     # ------------------------------------------------------------------------------------ auth, users
 
@@ -206,5 +209,12 @@ def create_app(backend: Backend) -> FastAPI:
             return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
         records = json.loads(frame.to_json(orient="records"))
         return ScorePublic(run_id=run_id, n_rows=len(frame), scores=records, metrics=result.metrics)
+
+    @app.get("/queue/dead-letters", tags=["runs"])
+    def dead_letters(user: CurrentUser, backend: BackendDep,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeadRequestPublic]:
+        """Requests the queue gave up on (invalid, or failing past the retry limit), oldest first; empty in
+        embedded mode, which retries nothing."""
+        return [DeadRequestPublic(**vars(d)) for d in runs.dead_letters(backend, limit=limit)]
 
     return app

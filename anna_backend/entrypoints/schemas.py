@@ -23,6 +23,20 @@ class _Create(BaseModel):
 class HealthPublic(BaseModel):
     status: str
     version: str
+    mode: str  # embedded | full
+    queue: str  # embedded | rabbitmq
+    orchestrator: str  # local | airflow
+
+
+class DeadRequestPublic(BaseModel):
+    """A request the queue gave up on, and why."""
+
+    kind: str | None
+    run_id: int | None
+    reason: str
+    retries: int
+    dead_at: datetime | None
+    body: str
 
 
 class TokenRequest(_Create):

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+from functools import partial
 from types import FrameType
 
 from anna_backend.bootstrap import bootstrap
@@ -52,7 +53,7 @@ def run_worker(settings: Settings | None = None, *, stop: threading.Event | None
             log.info("worker %s consuming %s.requests", os.getpid(), settings.rabbitmq_prefix)
             worker = Worker(backend=wiring.backend, deliveries=consumer, orchestrator=orchestrator)
             try:
-                worker.serve(stop, healthy=lambda connection=consumer: bool(connection.alive))
+                worker.serve(stop, healthy=partial(getattr, consumer, "alive"))
             finally:
                 consumer.close()
             if not stop.is_set():

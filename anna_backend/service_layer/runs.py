@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from anna_backend.domain.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from anna_backend.domain.model import Run, RunState, Sample, Task, User
-from anna_backend.service_layer.ports import AbstractUnitOfWork, Backend
+from anna_backend.service_layer.ports import AbstractUnitOfWork, Backend, DeadRequest
 from anna_backend.service_layer.sample_files import parse_scoring_rows
 from anna_backend.service_layer.tasks import get_task, require_writer, resolve_task
 from anna_models.config import RunConfig, TrainParams
@@ -214,3 +214,8 @@ def score_sample(backend: Backend, *, user: User, run_id: int, filename: str, co
     rows = parse_scoring_rows(content, filename or "sample.csv", task.task_type)
     scores, metrics = backend.scorer.score(run, task, rows)
     return ScoreResult(run_id=run_id, scores=scores, metrics=metrics)
+
+
+def dead_letters(backend: Backend, *, limit: int = 100) -> list[DeadRequest]:
+    """What the request queue gave up on: the API shows it so nobody has to read the broker."""
+    return backend.queue.dead_letters(limit)

@@ -34,3 +34,21 @@ def test_environment_round_trip(clean_env: None, tmp_path: Path, monkeypatch: py
     for key, value in settings.as_env().items():
         monkeypatch.setenv(key, value)
     assert Settings() == settings
+
+
+def test_full_mode_round_trips_with_its_airflow_password(
+        clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(data_dir=tmp_path, queue="rabbitmq", orchestrator="airflow",
+                        airflow_password="s3cret")
+    assert settings.full_mode
+    for key, value in settings.as_env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
+
+
+@pytest.mark.parametrize(("queue", "orchestrator"), [("rabbitmq", "local"), ("embedded", "airflow")])
+def test_a_queue_and_orchestrator_that_do_not_fit_are_refused(
+        clean_env: None, tmp_path: Path, queue: str, orchestrator: str) -> None:
+    refusal = f"ANNA_QUEUE={queue} does not go with ANNA_ORCHESTRATOR={orchestrator}"
+    with pytest.raises(ValueError, match=refusal):
+        Settings(data_dir=tmp_path, queue=queue, orchestrator=orchestrator)

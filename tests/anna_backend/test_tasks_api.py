@@ -24,7 +24,14 @@ def git(backend: Backend, *args: str) -> str:
 def test_health_needs_no_token(api: Api) -> None:
     answer = api.client.get("/health")
     assert answer.status_code == 200
-    assert answer.json()["status"] == "ok"
+    assert answer.json() | {"version": None} == {"status": "ok", "version": None, "mode": "embedded",
+                                                 "queue": "embedded", "orchestrator": "local"}
+
+
+def test_embedded_mode_has_no_dead_letters(api: Api, analyst: dict[str, str]) -> None:
+    answer = api.client.get("/queue/dead-letters", headers=analyst)
+    assert answer.status_code == 200 and answer.json() == []
+    assert api.client.get("/queue/dead-letters").status_code == 401
 
 
 def test_marts_are_listed(api: Api, analyst: dict[str, str]) -> None:
