@@ -10,7 +10,7 @@ DEMO_CLIENTS ?= 20000
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run demo-data test lint bench lock clean-data
+.PHONY: install run run-full demo-data test lint bench lock clean-data
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo-data: install
 
 run: demo-data
 	$(BIN)/anna serve --host $(HOST) --port $(PORT)
+
+# Full mode without Docker: needs PostgreSQL and RabbitMQ running here; starts Airflow and MLflow itself.
+run-full: demo-data
+	$(BIN)/anna run-full --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check anna_backend anna_models dags bench tests

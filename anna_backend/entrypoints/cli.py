@@ -68,6 +68,28 @@ def worker() -> None:
     sys.exit(run_worker())
 
 
+@cli.command("run-full")
+@click.option("--port", default=8000, show_default=True, type=int, envvar="PORT")
+@click.option("--airflow-port", default=8080, show_default=True, type=int, envvar="AIRFLOW_PORT")
+@click.option("--mlflow-port", default=5000, show_default=True, type=int, envvar="MLFLOW_PORT")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--postgres-url", envvar="ANNA_FULL_POSTGRES_URL", show_default=True,
+              default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+              help="A PostgreSQL server's maintenance database; ANNA creates its databases beside it.")
+def run_full(port: int, airflow_port: int, mlflow_port: int, workers: int, postgres_url: str) -> None:
+    """Full mode on this machine: PostgreSQL, RabbitMQ, Airflow 3 and an MLflow server, then ANNA."""
+    from anna_backend.entrypoints.full import FullOptions
+    from anna_backend.entrypoints.full import run_full as start_all
+    from anna_backend.settings import get_settings
+
+    settings = get_settings()
+    options = FullOptions(data_dir=settings.data_dir, postgres_url=postgres_url,
+                          rabbitmq_url=settings.rabbitmq_url, port=port, airflow_port=airflow_port,
+                          mlflow_port=mlflow_port, workers=workers,
+                          max_concurrent_runs=settings.max_concurrent_runs)
+    sys.exit(start_all(options))
+
+
 PROGRESS_STEPS = 1000
 
 

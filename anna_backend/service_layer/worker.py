@@ -231,7 +231,13 @@ class Worker:
             self.orchestrator.start(run)
             return
         self._copy_steps(run, status)
-        if status.state == "succeeded":
+        failed = next((s for s in status.steps if s.state == "failed" and s.error), None)
+        if failed is not None and status.state != "succeeded":
+            # A step failed for good (retries spent): end the run now, free its slot, stop what is left.
+            if fail_run(self.backend, run_id=run.id, attempt=run.attempt,
+                        error=f"step {failed.name} failed: {failed.error}"):
+                self.orchestrator.stop(run)
+        elif status.state == "succeeded":
             registered = self.backend.artifacts.registered(run.id) or {}
             if finish_run(self.backend, run_id=run.id, attempt=run.attempt,
                           metrics=metrics_summary(self.backend.artifacts.report(run.id)),

@@ -267,15 +267,14 @@ def test_following_copies_task_states_and_progress_and_fails_the_run_with_the_ta
 
     error = "FileNotFoundError: cards/part-0.parquet"
     orchestrator.steps[2] = StepStatus("train.cards", "failed", error=error)
-    orchestrator.error = "step train.cards failed: FileNotFoundError: cards/part-0.parquet"
-    orchestrator.finish(run_id, "failed")
-    w.follow()
+    w.follow()  # the step failed for good, while Airflow has not yet ended the DAG run
     with backend.uow() as uow:
         run = uow.runs.get(run_id)
     assert run is not None and run.state is RunState.FAILED
     assert run.error == "step train.cards failed: FileNotFoundError: cards/part-0.parquet"
     assert run.step("train.cards").state.value == "failed"  # type: ignore[union-attr]
     assert active(backend) == 0
+    assert orchestrator.stopped == [run_id]  # what else runs of it is stopped
 
 
 def test_a_running_run_whose_pipeline_is_missing_gets_it_started(
