@@ -29,7 +29,7 @@ class Batch:
     lengths: torch.Tensor  # (B,) int64, may be 0
 
     def to(self, device: torch.device | str) -> Batch:
-        """The batch on ``device``; asynchronous from pinned memory (see ``pin_memory``), a no-op if already there."""
+        """The batch on ``device``: asynchronous from pinned memory (``pin_memory``); a no-op if there."""
         return Batch(
             rows=self.rows,
             categorical=self.categorical.to(device, non_blocking=True),

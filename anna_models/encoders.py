@@ -134,7 +134,13 @@ class SequenceEncoder(nn.Module):
             padding[:, 0] = False  # an all-masked row would give NaNs; empty rows are replaced below
             out = self.rnn(events + self.positions(back), src_key_padding_mask=padding)
         else:
-            out, _ = self.rnn(events)  # (B, T, H)
+            # Outside autocast: cuDNN's autocast wrapper runs recurrences in float16 whatever dtype autocast
+            # asks for, and float16 gradients underflow without a loss scaler. At these widths the
+            # recurrence is bound by its sequential steps, not by arithmetic, so float32 costs little.
+            with torch.autocast(events.device.type, enabled=False):
+                out, _ = self.rnn(events.float())  # (B, T, H)
+        # Pool in float32 (a no-op on CPU): bf16 sums over hundreds of steps keep about three digits.
+        out = out.float()
         last_index = (lengths - 1).clamp(min=0)
         last = out[torch.arange(batch, device=out.device), last_index]  # (B, H)
         weights = mask.to(out.dtype).unsqueeze(-1)
@@ -180,8 +186,11 @@ class DomainModel(nn.Module):
             sequence(events(batches[domain].categorical, batches[domain].dense), batches[domain].lengths)
             for domain, events, sequence in zip(self.config.domains, self.events, self.sequences, strict=True)
         ]
-        embedding = self.embed(torch.cat(pooled, dim=-1))
-        return self.head(embedding), embedding
+        # float32 from the pooled states on (a no-op on CPU): bf16 logits keep ~3 digits, which ties scores
+        # that rank-based metrics then cannot order, and these layers cost next to nothing.
+        with torch.autocast(pooled[0].device.type, enabled=False):
+            embedding = self.embed(torch.cat(pooled, dim=-1).float())
+            return self.head(embedding), embedding
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

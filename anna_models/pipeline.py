@@ -118,7 +118,7 @@ def _save_model(ctx: StepContext, name: str, model: Any, history: list, params: 
     frames = []
     started = time.perf_counter()
     for part in ("valid", "test"):
-        outputs, embeddings = predict(model, seqs[part])
+        outputs, embeddings = predict(model, seqs[part], device=ctx.device)
         outputs = outputs.reshape(len(embeddings), -1)
         parts = seqs[part] if isinstance(seqs[part], dict) else {name: seqs[part]}
         columns = {"row": split.loc[split["part"] == part, "row"].to_numpy(), "part": part,

@@ -26,6 +26,11 @@ from anna_models.sequences import TIME_FEATURES, Sequences
 
 Progress = Callable[..., None]
 PREDICT_BATCH = 512
+# A GPU runs each time step in parallel across a batch's rows: wider batches, fewer sequential steps.
+PREDICT_BATCH_CUDA = 4096
+# Event tables may take at most this share of the GPU's free memory; larger ones stay on the host and
+# batches travel in pinned memory instead.
+DEVICE_TABLE_SHARE = 0.5
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -36,9 +41,19 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (no loss scaler needed); CPU stays in float32."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def data_placement(device: torch.device, table_bytes: int, free_bytes: int) -> str:
+    """Where batches come from: ``host`` (CPU training), ``device`` (event tables copied to the GPU once,
+    batches gathered there) or ``pinned`` (tables too large for the GPU: gathered on the host into
+    page-locked memory and copied asynchronously)."""
+    if device.type != "cuda":
+        return "host"
+    return "device" if table_bytes <= DEVICE_TABLE_SHARE * free_bytes else "pinned"
 
 
 def to_scores(task_type: str, outputs: np.ndarray) -> np.ndarray:
@@ -97,16 +112,27 @@ def _loss(config: ModelConfig, outputs: torch.Tensor, target: torch.Tensor) -> t
 
 
 class _Tables:
-    """Each domain's EventTable over the same rows; batches are planned on the rows' total length."""
+    """Each domain's EventTable over the same rows; batches are planned on the rows' total length and
+    yielded on ``device`` (see ``data_placement``)."""
 
-    def __init__(self, seqs: Mapping[str, Sequences], config: ModelConfig) -> None:
+    def __init__(self, seqs: Mapping[str, Sequences], config: ModelConfig,
+                 device: torch.device = torch.device("cpu")) -> None:
         vocab = {d: e.categorical for d, e in config.encoders.items()}
         self.tables = {d: EventTable(seqs[d], vocab_sizes=vocab[d]) for d in config.domains}
         self.lengths = sum(t.lengths for t in self.tables.values())
+        self.device = device
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        self.placement = data_placement(device, sum(t.nbytes for t in self.tables.values()), free)
+        if self.placement == "device":
+            for table in self.tables.values():
+                table.to(device)
 
     def batches(self, plan: list[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, Batch]]]:
         for rows in plan:
-            yield rows, {d: t.batch(rows) for d, t in self.tables.items()}
+            batches = {d: t.batch(rows) for d, t in self.tables.items()}
+            if self.placement == "pinned":
+                batches = {d: b.pin_memory() for d, b in batches.items()}
+            yield rows, {d: b.to(self.device) for d, b in batches.items()}
 
 
 def _as_domains(seqs: Sequences | Mapping[str, Sequences], config: ModelConfig) -> Mapping[str, Sequences]:
@@ -146,9 +172,11 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
     model = DomainModel(config)
     _start_at_base_rate(model, np.asarray(y_train))
     model = model.to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    tables = _Tables(train, config)
-    target = torch.as_tensor(np.asarray(y_train, dtype=np.float32))
+    # fused: one kernel for the whole update on CUDA instead of a few per parameter group.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
+                                  fused=dev.type == "cuda")
+    tables = _Tables(train, config, dev)
+    target = torch.as_tensor(np.asarray(y_train, dtype=np.float32)).to(dev)
     total_steps = max(math.ceil(len(target) / params.batch_size) * params.max_epochs, 1)
     warmup = min(100, total_steps // 10 + 1)
 
@@ -167,26 +195,31 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
     for epoch in range(1, params.max_epochs + 1):
         model.train()
         plan = plan_batches(tables.lengths, batch_size=params.batch_size, rng=rng)
-        started, events, loss_sum = time.perf_counter(), 0, 0.0
+        started, events = time.perf_counter(), 0
+        # Summed where the loss lives: reading it back every step would make the host wait for the GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         report_every = max(len(plan) // 10, 1)
         for i, (rows, batches) in enumerate(tables.batches(plan)):
-            events += sum(int(b.lengths.sum()) for b in batches.values())
+            events += int(tables.lengths[rows].sum())
             with _autocast(dev):
-                outputs, _ = model({d: b.to(dev) for d, b in batches.items()})
-            loss = _loss(config, outputs, target[rows].to(dev))
+                outputs, _ = model(batches)
+            loss = _loss(config, outputs, target[torch.from_numpy(rows).to(dev, non_blocking=True)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach()) * len(rows)
+            loss_sum += loss.detach().double() * len(rows)
             if (i + 1) % report_every == 0 and i + 1 < len(plan):
                 progress(epoch=epoch, max_epochs=params.max_epochs, fraction=(i + 1) / len(plan))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # the epoch's kernels are queued, not done, until here
         seconds = time.perf_counter() - started
         outputs_valid, _ = predict(model, valid, device=str(dev))
         value = compute_metric(metric, np.asarray(y_valid), to_scores(task_type, outputs_valid))
-        history.append({"epoch": epoch, "train_loss": loss_sum / max(len(target), 1), "valid_metric": value,
-                        "seconds": seconds, "events_per_s": events / max(seconds, 1e-9)})
+        history.append({"epoch": epoch, "train_loss": float(loss_sum) / max(len(target), 1),
+                        "valid_metric": value, "seconds": seconds,
+                        "events_per_s": events / max(seconds, 1e-9)})
         progress(epoch=epoch, max_epochs=params.max_epochs, metric=value, metric_name=metric, fraction=1.0)
         if is_better(metric, value, best_value):
             best_value, stale = value, 0
@@ -200,28 +233,37 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
     return model.cpu().eval(), history
 
 
-def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, batch_size: int = PREDICT_BATCH,
+def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, batch_size: int | None = None,
             device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs and embeddings for every row, in input order, from length-sorted batches.
 
     ``seqs``: a domain model's Sequences, or {domain: Sequences} (same rows) for any model.
+    The model runs on ``device`` and is handed back where it was. ``batch_size`` defaults to
+    ``PREDICT_BATCH`` (``PREDICT_BATCH_CUDA`` on a GPU); outputs do not depend on it beyond rounding.
     Returns (outputs: (N,) or (N, C) float32, embeddings: (N, hidden) float32).
     """
     config = model.config
     dev = resolve_device(device)
+    batch_size = batch_size or (PREDICT_BATCH_CUDA if dev.type == "cuda" else PREDICT_BATCH)
+    home = next(model.parameters()).device
     was_training = model.training
-    model.eval()
-    tables = _Tables(_as_domains(seqs, config), config)
+    model.to(dev).eval()
+    tables = _Tables(_as_domains(seqs, config), config, dev)
     n = len(tables.lengths)
-    outputs = np.zeros((n, config.n_outputs), np.float32)
-    embeddings = np.zeros((n, config.hidden), np.float32)
-    with torch.inference_mode():
-        for rows, batches in tables.batches(plan_batches(tables.lengths, batch_size=batch_size)):
-            with _autocast(dev):
-                out, emb = model({d: b.to(dev) for d, b in batches.items()})
-            outputs[rows] = out.float().cpu().numpy()
-            embeddings[rows] = emb.float().cpu().numpy()
-    model.train(was_training)
+    # Filled on the device and read back once: a read-back per batch would stall the GPU every batch.
+    outputs_t = torch.zeros((n, config.n_outputs), dtype=torch.float32, device=dev)
+    embeddings_t = torch.zeros((n, config.hidden), dtype=torch.float32, device=dev)
+    try:
+        with torch.inference_mode():
+            for rows, batches in tables.batches(plan_batches(tables.lengths, batch_size=batch_size)):
+                with _autocast(dev):
+                    out, emb = model(batches)
+                index = torch.from_numpy(rows).to(dev, non_blocking=True)
+                outputs_t[index] = out.float()
+                embeddings_t[index] = emb.float()
+        outputs, embeddings = outputs_t.cpu().numpy(), embeddings_t.cpu().numpy()
+    finally:
+        model.to(home).train(was_training)
     if config.task_type == "regression":
         outputs = outputs * config.target_std + config.target_mean
     return (outputs if config.task_type == "multiclass" else outputs[:, 0]), embeddings
