@@ -173,6 +173,29 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (database.parent / "artifacts" / re.sub(r"[^\w.-]+", "_", experiment)).resolve().as_uri()
 
 
+def require_server(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, naming the URL, when an MLflow server does not answer; a no-op for local stores.
+
+    MLflow's client retries a refused connection with backoff for minutes before it gives up, which
+    would leave a run hanging in its register step.
+    """
+    import urllib.error
+    import urllib.request
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered (an auth proxy may guard /health): let MLflow's own calls say what is wrong
+    except OSError as error:
+        raise RuntimeError(
+            f"the MLflow server at {tracking_uri} does not answer ({error}); "
+            "start it or point the run's tracking URI at a running one"
+        ) from error
+
+
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
@@ -221,6 +244,7 @@ def log_run(
     """
     import mlflow
 
+    require_server(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
