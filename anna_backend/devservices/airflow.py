@@ -104,12 +104,11 @@ def start_airflow(home: Path, *, database_url: str, port: int, dags_folder: Path
             argv = [cli, component, *(["--port", str(port)] if component == "api-server" else [])]
             airflow.services.append(start(f"airflow {component}", argv, env=env,
                                           log_path=home / f"{component}.log", cwd=home))
-        # The pool is a database row: create it while the components start.
-        _run_cli([cli, "pools", "set", pool, str(pool_slots), "ANNA's encoder training slots"],
-                 env=env, log_path=home / "pools.log")
         api = airflow.services[0]
         wait_until(api, lambda: http_ok(f"{airflow.url}/api/v2/monitor/health"),
                    timeout_s=STARTUP_TIMEOUT_S, what="serving /api/v2/monitor/health")
+        # Through the API, not `airflow pools set`: another CLI process would slow the start by seconds.
+        _set_pool(airflow, pool, pool_slots)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while (unhealthy := _unhealthy(airflow.url)) and time.monotonic() < deadline:
             for service in airflow.services:
@@ -125,6 +124,20 @@ def start_airflow(home: Path, *, database_url: str, port: int, dags_folder: Path
         raise
     airflow.started_in_s = time.monotonic() - started
     return airflow
+
+
+def _set_pool(airflow: AirflowServices, pool: str, slots: int) -> None:
+    import httpx
+
+    credentials = {"username": airflow.username, "password": airflow.password}
+    with httpx.Client(base_url=airflow.url, timeout=10.0) as http:
+        token = http.post("/auth/token", json=credentials).raise_for_status().json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        created = http.post("/api/v2/pools", headers=headers, json={"name": pool, "slots": slots})
+        if created.status_code == 409:
+            created = http.patch(f"/api/v2/pools/{pool}", headers=headers, json={"slots": slots})
+    if not created.is_success:
+        raise airflow.services[0].failure(f"refused to create pool {pool}: {created.text[:300]}")
 
 
 def _unhealthy(url: str) -> list[str]:
