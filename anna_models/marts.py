@@ -299,7 +299,15 @@ class Mart:
         parts = sorted(path.glob(PART_GLOB))
         features = manifest["features"]
         names = ["client_id", "event_time", *features]
+        expected = int(manifest.get("n_events", 0))
+        if expected and not parts:
+            raise FileNotFoundError(f"mart {path}: the manifest lists {expected:,} events but no "
+                                    f"{PART_GLOB} file is there; rebuild the mart or restore its files")
         table = pq.read_table(parts, columns=names) if parts else None
+        if table is not None and "n_events" in manifest and table.num_rows != expected:
+            raise ValueError(f"mart {path}: the manifest lists {expected:,} events but its {len(parts)} part "
+                             f"file(s) hold {table.num_rows:,}; a part is missing or was replaced: rebuild "
+                             "the mart")
 
         def column(name: str, dtype: Any) -> np.ndarray:
             if table is None:

@@ -171,3 +171,15 @@ def test_an_empty_mart_opens_with_no_events(tmp_path):
     assert manifest["n_events"] == 0 and manifest["time_min"] is None
     mart = Mart.open(tmp_path / "e")
     assert len(mart.client_ids) == 0 and len(mart.categorical["c"]) == 0
+
+
+def test_a_mart_missing_part_files_refuses_to_open_rather_than_look_empty(tmp_path):
+    _write_two_parts(tmp_path / "cards")
+    parts = sorted((tmp_path / "cards").glob("events-*.parquet"))
+    assert len(parts) == 2
+    parts[1].unlink()
+    with pytest.raises(ValueError, match="lists 5 events but its 1 part file"):
+        Mart.open(tmp_path / "cards")
+    parts[0].unlink()
+    with pytest.raises(FileNotFoundError, match="lists 5 events but no events-"):
+        Mart.open(tmp_path / "cards")
