@@ -158,18 +158,15 @@ def run_full(options: FullOptions) -> int:
 
 def _watch(services: list[Service]) -> int:
     """Block until Ctrl-C / SIGTERM or until one of the services dies (which is reported)."""
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    try:
-        while not stopping:
-            for service in services:
-                if not service.alive():
-                    died = service.failure(f"exited with code {service.process.returncode}")
-                    click.echo(str(died), err=True)
-                    return 1
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's background job ignores it by default
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    while not stopping:
+        for service in services:
+            if not service.alive():
+                died = service.failure(f"exited with code {service.process.returncode}")
+                click.echo(str(died), err=True)
+                return 1
+        time.sleep(1)
     click.echo("stopping ...")
     return 0
-
