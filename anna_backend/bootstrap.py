@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from anna_backend.adapters.artifacts import LocalRunArtifacts, LocalSampleStore
+from anna_backend.adapters.artifacts import LocalRunArtifacts, LocalSampleStore, LocalScoreJobFiles
 from anna_backend.adapters.database import make_engine, migrate
 from anna_backend.adapters.local_runner import LocalBuilder, LocalRunner
 from anna_backend.adapters.marts import LocalMartCatalog
@@ -77,6 +77,7 @@ def bootstrap(settings: Settings | None = None, *, migrate_db: bool = True, runn
         sample_store=LocalSampleStore(settings.samples_dir),
         artifacts=artifacts,
         queue=queue or wakeup,
+        score_files=LocalScoreJobFiles(settings.score_jobs_dir),
     )
     return Wiring(backend=backend, dispatcher=Dispatcher(backend, wakeup), engine=engine)
 

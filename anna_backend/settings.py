@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         return self.data_dir / "runs"
 
     @property
+    def score_jobs_dir(self) -> Path:
+        return self.data_dir / "score-jobs"
+
+    @property
     def model_config_repo(self) -> Path:
         return self.data_dir / "model-config.git"
 

@@ -1,14 +1,17 @@
-"""Local files: samples under ``data/samples``, run artifacts under ``data/runs/<id>``."""
+"""Local files: samples under ``data/samples``, run artifacts under ``data/runs/<id>``, score jobs' rows and
+scores under ``data/score-jobs/<id>``."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anna_backend.service_layer.ports import RunArtifacts, SampleStore
+from anna_backend.service_layer.ports import RunArtifacts, SampleStore, ScoreJobFiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,6 +24,14 @@ def tail(path: Path, *, lines: int = 30) -> str:
             return "".join(deque(f, maxlen=lines)).rstrip()
     except OSError:
         return ""
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` atomically: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer, thread or process
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -57,10 +68,7 @@ class LocalSampleStore(SampleStore):
         path = self.samples_dir / f"{fingerprint}.parquet"
         if path.exists():
             return str(path), False
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        write_parquet(frame, path)
         return str(path), True
 
     def remove(self, path: str) -> None:
@@ -68,3 +76,28 @@ class LocalSampleStore(SampleStore):
 
     def exists(self, path: str) -> bool:
         return Path(path).is_file()
+
+
+class LocalScoreJobFiles(ScoreJobFiles):
+    """``<root>/<job id>/input.parquet`` and ``scores.parquet``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def save_input(self, job_id: int, rows: pd.DataFrame) -> str:
+        path = self.root / str(job_id) / "input.parquet"
+        write_parquet(rows, path)
+        return str(path)
+
+    def save_scores(self, job_id: int, scores: pd.DataFrame) -> str:
+        path = self.root / str(job_id) / "scores.parquet"
+        write_parquet(scores, path)
+        return str(path)
+
+    def read(self, path: str) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(path)
+
+    def remove(self, job_id: int) -> None:
+        shutil.rmtree(self.root / str(job_id), ignore_errors=True)

@@ -16,9 +16,12 @@ Classic, not quorum, queues: a quorum queue counts each requeue towards its deli
 worker requeues requests it merely had no free slot for. Messages are persistent, publishes confirmed.
 
 The broker's ``consumer_timeout`` (default 30 min) closes a channel that keeps a delivery unacked longer.
-The worker holds a request only until its run has started (at most about a minute, then it requeues it);
-the run itself lives in the database and the orchestrator, never in an unacked message, so runs of any
-length stay far from that timeout. Heartbeats are served by a thread, however long a handler takes.
+The worker holds a train request only until its run has started (at most about a minute, then it
+requeues it); the run itself lives in the database and the orchestrator, never in an unacked message, so
+runs of any length stay far from that timeout. A score request is held while its job runs (the ack after
+the scores are stored is what makes a killed worker's job run again); a job longer than the timeout is
+redelivered and taken over, and the worker gives it up after ``retries + 1`` attempts. Heartbeats are
+served by a thread, however long a handler takes.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ class RabbitRequestQueue(RunQueue):
 
     def submitted(self, run_id: int) -> None:
         self.publish(Request("train", run_id))
+
+    def submitted_score(self, job_id: int, run_id: int) -> None:
+        self.publish(Request("score", run_id, job_id))
 
     def publish(self, request: Request) -> None:
         self._with_channel(f"publish the {request.kind} request for run {request.run_id}",
@@ -435,6 +441,7 @@ def _dead_letter(properties: Any, body: bytes) -> DeadLetter:
     request, _ = parse_request(body)
     return DeadLetter(body=body.decode(errors="replace"), kind=request.kind if request else None,
                       run_id=request.run_id if request else None, request=request,
+                      job_id=request.job_id if request else None,
                       reason=_text(headers.get(REASON_HEADER) or death.get("reason") or "unknown"),
                       retries=_count(headers.get(RETRIES_HEADER)),
                       dead_at=datetime.fromisoformat(_text(dead_at)) if dead_at else death.get("time"))

@@ -27,14 +27,14 @@ from anna_backend.domain.model import (
 from anna_backend.service_layer import ports
 
 
-def _insert(session: Session, table: sa.Table, values: dict[str, Any]) -> int:
+def insert_row(session: Session, table: sa.Table, values: dict[str, Any]) -> int:
     result = cast(CursorResult[Any], session.execute(sa.insert(table).values(**values)))
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
 
 
-def _changed(session: Session, statement: sa.Executable) -> int:
+def changed_rows(session: Session, statement: sa.Executable) -> int:
     """Rows an UPDATE or DELETE touched."""
     return cast(CursorResult[Any], session.execute(statement)).rowcount
 
@@ -49,7 +49,7 @@ class SqlUserRepository(ports.UserRepository):
                     is_active=row.is_active, created_at=row.created_at)
 
     def add(self, user: User) -> User:
-        user.id = _insert(self.session, t.users, {
+        user.id = insert_row(self.session, t.users, {
             "username": user.username, "role": user.role.value, "password_hash": user.password_hash,
             "is_active": user.is_active, "created_at": user.created_at})
         return user
@@ -74,7 +74,7 @@ class SqlTokenRepository(ports.TokenRepository):
         self.session = session
 
     def add(self, token: AccessToken) -> AccessToken:
-        token.id = _insert(self.session, t.tokens, {
+        token.id = insert_row(self.session, t.tokens, {
             "token_hash": token.token_hash, "user_id": token.user_id, "created_at": token.created_at,
             "expires_at": token.expires_at})
         return token
@@ -87,7 +87,7 @@ class SqlTokenRepository(ports.TokenRepository):
                            expires_at=row.expires_at, created_at=row.created_at)
 
     def delete_expired(self, now: datetime) -> int:
-        return _changed(self.session, sa.delete(t.tokens).where(t.tokens.c.expires_at <= now))
+        return changed_rows(self.session, sa.delete(t.tokens).where(t.tokens.c.expires_at <= now))
 
 
 class SqlTaskRepository(ports.TaskRepository):
@@ -101,7 +101,7 @@ class SqlTaskRepository(ports.TaskRepository):
                     git_commit=row.git_commit, created_at=row.created_at)
 
     def add(self, task: Task) -> Task:
-        task.id = _insert(self.session, t.tasks, {
+        task.id = insert_row(self.session, t.tasks, {
             "name": task.name, "task_type": task.task_type, "metric": task.metric, "domains": task.domains,
             "description": task.description, "created_by": task.created_by, "git_commit": task.git_commit,
             "created_at": task.created_at})
@@ -137,7 +137,7 @@ class SqlSampleRepository(ports.SampleRepository):
                       created_at=row.created_at)
 
     def add(self, sample: Sample) -> Sample:
-        sample.id = _insert(self.session, t.samples, {
+        sample.id = insert_row(self.session, t.samples, {
             "task_id": sample.task_id, "filename": sample.filename, "fingerprint": sample.fingerprint,
             "path": sample.path, "n_rows": sample.n_rows, "n_clients": sample.n_clients,
             "report_date_min": _as_date(sample.report_date_min),
@@ -222,7 +222,7 @@ class SqlRunRepository(ports.RunRepository):
     # --------------------------------------------------------------------------------------- interface
 
     def add(self, run: Run) -> Run:
-        run.id = _insert(self.session, t.runs, self._values(run))
+        run.id = insert_row(self.session, t.runs, self._values(run))
         for step in run.steps:
             self.save_step(run.id, step)
         return run
@@ -241,7 +241,7 @@ class SqlRunRepository(ports.RunRepository):
     def save_step(self, run_id: int, step: RunStep) -> None:
         values = {"state": step.state.value, "updated_at": utcnow(),
                   **{f: getattr(step, f) for f in _STEP_FIELDS}}
-        updated = _changed(self.session, sa.update(t.run_steps).where(
+        updated = changed_rows(self.session, sa.update(t.run_steps).where(
             t.run_steps.c.run_id == run_id, t.run_steps.c.name == step.name).values(**values))
         if not updated:
             self.session.execute(sa.insert(t.run_steps).values(run_id=run_id, name=step.name, **values))
@@ -275,7 +275,7 @@ class SqlRunRepository(ports.RunRepository):
         others = t.runs.alias("active_runs")
         active = (sa.select(sa.func.count()).select_from(others)
                   .where(others.c.state.in_([s.value for s in ACTIVE_STATES])).scalar_subquery())
-        claimed = _changed(self.session, sa.update(t.runs)
+        claimed = changed_rows(self.session, sa.update(t.runs)
                            .where(t.runs.c.id == candidate, t.runs.c.state == RunState.QUEUED.value,
                                   active < max_active)
                            .values(state=RunState.BUILDING.value, started_at=now, updated_at=now))

@@ -12,6 +12,7 @@ from anna_backend.adapters.repository import (
     SqlTokenRepository,
     SqlUserRepository,
 )
+from anna_backend.adapters.score_job_repository import SqlScoreJobRepository
 from anna_backend.service_layer.ports import AbstractUnitOfWork
 
 
@@ -27,6 +28,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.tasks = SqlTaskRepository(self._session)
         self.samples = SqlSampleRepository(self._session)
         self.runs = SqlRunRepository(self._session)
+        self.score_jobs = SqlScoreJobRepository(self._session)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,4 @@
-"""ANNA's domain: users, tasks, samples, runs and the run state machine. Plain Python only."""
+"""ANNA's domain: users, tasks, samples, runs, score jobs and their state machines. Plain Python only."""
 
 from anna_backend.domain.errors import (
     Conflict,
@@ -21,9 +21,11 @@ from anna_backend.domain.model import (
     Task,
     User,
 )
+from anna_backend.domain.score_job import FINISHED_JOB_STATES, ScoreJob, ScoreJobState
 
 __all__ = [
     "ACTIVE_STATES",
+    "FINISHED_JOB_STATES",
     "FINISHED_STATES",
     "AccessToken",
     "Conflict",
@@ -36,6 +38,8 @@ __all__ = [
     "RunState",
     "RunStep",
     "Sample",
+    "ScoreJob",
+    "ScoreJobState",
     "StepState",
     "Task",
     "Unauthenticated",

@@ -35,6 +35,7 @@ from anna_backend.entrypoints.schemas import (
     RunCreate,
     RunPublic,
     SamplePublic,
+    ScoreJobPublic,
     ScorePublic,
     TaskCreate,
     TaskPublic,
@@ -43,7 +44,7 @@ from anna_backend.entrypoints.schemas import (
     UserCreate,
     UserPublic,
 )
-from anna_backend.service_layer import auth, runs, tasks
+from anna_backend.service_layer import auth, runs, scoring, tasks
 from anna_backend.service_layer.ports import Backend
 from anna_backend.version import VERSION
 
@@ -79,6 +80,23 @@ def _domain_error(request: Request, error: Exception) -> JSONResponse:
 def _date_text(value: Any) -> str:
     stamp = pd.Timestamp(value)
     return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.isoformat()
+
+
+def _scores(result: scoring.ScoreResult, format: str) -> Any:
+    """Scores as ``ScorePublic`` JSON, or as CSV with the metrics in the ``X-Anna-Metrics`` header."""
+    frame = result.scores.copy()
+    frame["report_date"] = frame["report_date"].map(_date_text)
+    if format == "csv":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        headers = {"X-Anna-Metrics": json.dumps(result.metrics)} if result.metrics is not None else None
+        return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
+    records = json.loads(frame.to_json(orient="records"))
+    return ScorePublic(run_id=result.run_id, n_rows=len(frame), scores=records, metrics=result.metrics)
+
+
+ScoreFile = Annotated[UploadFile, File(description="client_id, report_date[, target]")]
+ScoreFormat = Annotated[Literal["json", "csv"], Query()]
 
 
 def create_app(backend: Backend) -> FastAPI:
@@ -192,23 +210,32 @@ def create_app(backend: Backend) -> FastAPI:
         """The run's report.json (409 until the run has succeeded)."""
         return runs.get_report(backend, run_id)
 
-    @app.post("/runs/{run_id}/score", tags=["runs"], response_model=ScorePublic,
+    @app.post("/runs/{run_id}/score", tags=["scoring"], response_model=ScorePublic,
               responses={200: {"content": {"text/csv": {}}}})
-    def score(run_id: int, file: Annotated[UploadFile, File(description="client_id, report_date[, target]")],
-              user: CurrentUser, backend: BackendDep,
-              format: Annotated[Literal["json", "csv"], Query()] = "json") -> Any:
+    def score(run_id: int, file: ScoreFile, user: CurrentUser, backend: BackendDep,
+              format: ScoreFormat = "json") -> Any:
         """Retro-inference: score a file with the run's model; with a target column, also its metrics."""
-        result = runs.score_sample(backend, user=user, run_id=run_id, filename=file.filename or "",
-                                   content=file.file.read())
-        frame = result.scores.copy()
-        frame["report_date"] = frame["report_date"].map(_date_text)
-        if format == "csv":
-            buffer = io.StringIO()
-            frame.to_csv(buffer, index=False)
-            headers = {"X-Anna-Metrics": json.dumps(result.metrics)} if result.metrics is not None else None
-            return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
-        records = json.loads(frame.to_json(orient="records"))
-        return ScorePublic(run_id=run_id, n_rows=len(frame), scores=records, metrics=result.metrics)
+        return _scores(scoring.score_sample(backend, user=user, run_id=run_id, filename=file.filename or "",
+                                            content=file.file.read()), format)
+
+    @app.post("/runs/{run_id}/score-jobs", tags=["scoring"], status_code=202)
+    def submit_score_job(run_id: int, file: ScoreFile, user: CurrentUser, backend: BackendDep
+                         ) -> ScoreJobPublic:
+        """Queue a score job for the file (validated now; 422 names the rows); poll GET /score-jobs/{id}."""
+        return ScoreJobPublic.of(scoring.submit_score_job(backend, user=user, run_id=run_id,
+                                                          filename=file.filename or "",
+                                                          content=file.file.read()))
+
+    @app.get("/score-jobs/{job_id}", tags=["scoring"])
+    def get_score_job(job_id: int, user: CurrentUser, backend: BackendDep) -> ScoreJobPublic:
+        return ScoreJobPublic.of(scoring.get_score_job(backend, job_id))
+
+    @app.get("/score-jobs/{job_id}/result", tags=["scoring"], response_model=ScorePublic,
+             responses={200: {"content": {"text/csv": {}}}})
+    def score_job_result(job_id: int, user: CurrentUser, backend: BackendDep,
+                         format: ScoreFormat = "json") -> Any:
+        """The job's scores, as POST /runs/{id}/score answers them (409 until the job has succeeded)."""
+        return _scores(scoring.score_job_result(backend, job_id), format)
 
     @app.get("/queue/dead-letters", tags=["runs"])
     def dead_letters(user: CurrentUser, backend: BackendDep,

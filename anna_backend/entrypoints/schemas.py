@@ -8,12 +8,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from anna_backend.domain.model import Run, RunStep, Sample, Task, User
+from anna_backend.domain.score_job import ScoreJob
 from anna_backend.service_layer.runs import RunView
 
 RoleName = Literal["analyst", "approver", "admin"]
 TaskType = Literal["binary", "multiclass", "regression"]
 RunStateName = Literal["queued", "building", "running", "succeeded", "failed", "cancelled"]
 StepStateName = Literal["pending", "running", "succeeded", "failed", "skipped"]
+ScoreJobStateName = Literal["queued", "running", "succeeded", "failed"]
 
 
 class _Create(BaseModel):
@@ -33,6 +35,7 @@ class DeadRequestPublic(BaseModel):
 
     kind: str | None
     run_id: int | None
+    job_id: int | None = None
     reason: str
     retries: int
     dead_at: datetime | None
@@ -197,3 +200,29 @@ class ScorePublic(BaseModel):
     n_rows: int
     scores: list[dict[str, Any]]
     metrics: dict[str, Any] | None = Field(default=None, description="present when the file has a target")
+
+
+class ScoreJobPublic(BaseModel):
+    """A score job: its state and, once it has succeeded, the metrics (with a target); the scores are at
+    ``GET /score-jobs/{id}/result``."""
+
+    id: int
+    run_id: int
+    state: ScoreJobStateName
+    attempt: int
+    filename: str
+    n_rows: int
+    metrics: dict[str, Any] | None
+    error: str | None
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: ScoreJob) -> ScoreJobPublic:
+        assert job.id is not None
+        return cls(id=job.id, run_id=job.run_id, state=job.state.value, attempt=job.attempt,
+                   filename=job.filename, n_rows=job.n_rows, metrics=job.metrics, error=job.error,
+                   created_by=job.created_by, created_at=job.created_at, started_at=job.started_at,
+                   finished_at=job.finished_at)

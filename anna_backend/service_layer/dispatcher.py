@@ -1,9 +1,12 @@
-"""The embedded run queue: a thread that starts queued runs, at most N at once, in submission order.
+"""The embedded queue: a thread that starts queued runs, at most N at once, in submission order, and has
+queued score jobs run one after another in a second thread.
 
 The database is the queue. A run is claimed with one conditional update (``queued → building`` only if it
 is still queued and fewer than N runs are building or running), built, and handed to the runner. Drivers
-that exit without having written a final state fail their run with the tail of their log. At start-up,
-``recover`` re-queues runs a dead server left behind (attempt + 1; finished steps are kept).
+that exit without having written a final state fail their run with the tail of their log. Score jobs run
+in their own thread, so a long one never delays claiming runs; that thread takes the queued jobs oldest
+first and ends when there are none. At start-up, ``recover`` re-queues the runs a dead server left
+behind (attempt + 1; finished steps are kept), and its running score jobs (attempt + 1).
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ import threading
 from anna_backend.domain.model import ACTIVE_STATES, Run, RunState, utcnow
 from anna_backend.service_layer.ports import Backend, RunQueue
 from anna_backend.service_layer.run_progress import fail_run
+from anna_backend.service_layer.scoring import execute_score_job, next_queued, requeue_interrupted
 
 log = logging.getLogger(__name__)
 
 
 class WakeUp(RunQueue):
-    """The embedded ``RunQueue``: a submitted run only needs to wake the dispatcher."""
+    """The embedded ``RunQueue``: a submitted run or score job only needs to wake the dispatcher."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
 
     def submitted(self, run_id: int) -> None:
+        self._event.set()
+
+    def submitted_score(self, job_id: int, run_id: int) -> None:
         self._event.set()
 
     def wait(self, timeout: float) -> None:
@@ -40,6 +47,7 @@ class Dispatcher:
         self.wakeup = wakeup
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._scoring: threading.Thread | None = None
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
@@ -56,6 +64,13 @@ class Dispatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.join_scoring(timeout)
+
+    def join_scoring(self, timeout: float = 10.0) -> None:
+        """Wait for the scoring thread to end (it ends when no job is queued, or after stop)."""
+        scoring = self._scoring
+        if scoring is not None:
+            scoring.join(timeout)
 
     def _loop(self) -> None:
         log.info("dispatcher started: at most %s run(s) at once", self.backend.settings.max_concurrent_runs)
@@ -70,8 +85,10 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------------- rounds
 
     def tick(self) -> list[int]:
-        """Settle exited drivers, then start as many queued runs as there are free slots; returns those."""
+        """Settle exited drivers, start as many queued runs as there are free slots (returns those), and
+        start the scoring thread if jobs are queued and it is not running."""
         self.reap()
+        self._score_queued()
         started = []
         while not self._stop.is_set():
             with self.backend.uow() as uow:
@@ -82,6 +99,25 @@ class Dispatcher:
             self._launch(run)
             started.append(run.id)
         return [r for r in started if r is not None]
+
+    def _score_queued(self) -> None:
+        if self._scoring is not None and self._scoring.is_alive():
+            return
+        if next_queued(self.backend) is None:
+            return
+        self._scoring = threading.Thread(target=self._score_loop, name="anna-score-jobs", daemon=True)
+        self._scoring.start()
+
+    def _score_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job_id = next_queued(self.backend)
+                if job_id is None:
+                    return
+                execute_score_job(self.backend, job_id)  # fails the job on any error: nothing hangs
+            except Exception:  # the database itself failed; the next tick starts the thread again
+                log.exception("the scoring thread failed")
+                return
 
     def reap(self) -> None:
         """Fail runs whose driver ended without writing a final state (crash, kill, out of memory)."""
@@ -127,11 +163,12 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------------ recovery
 
     def recover(self) -> list[int]:
-        """Re-queue runs left building or running by a previous server; returns their ids.
+        """Re-queue runs (returns their ids) and score jobs left building or running by a previous server.
 
         A driver that is still alive belongs to the previous server (this one has started none yet): its
         whole process group is killed first, so two drivers never work on one run.
         """
+        requeue_interrupted(self.backend)
         with self.backend.uow() as uow:
             left = uow.runs.in_states(ACTIVE_STATES)
         requeued = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anna_backend.domain.model import AccessToken, Run, RunState, RunStep, Sample, Task, User
+from anna_backend.domain.score_job import ScoreJob, ScoreJobState
 from anna_backend.settings import Settings
 
 if TYPE_CHECKING:
@@ -126,6 +127,27 @@ class RunRepository(abc.ABC):
     def task_names(self, task_ids: set[int]) -> dict[int, str]: ...
 
 
+class ScoreJobRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, job: ScoreJob) -> ScoreJob: ...
+
+    @abc.abstractmethod
+    def get(self, job_id: int, *, for_update: bool = False) -> ScoreJob | None: ...
+
+    @abc.abstractmethod
+    def save(self, job: ScoreJob) -> None: ...
+
+    @abc.abstractmethod
+    def in_state(self, state: ScoreJobState, *, limit: int | None = None) -> list[ScoreJob]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    def claim(self, job_id: int, *, now: datetime, takeover_attempt: int | None = None) -> ScoreJob | None:
+        """Move the job to ``running`` in one conditional update: a queued job as it is; a running job only
+        when ``takeover_attempt`` is its attempt (its holder is gone), as attempt + 1. None when nothing
+        was claimed (finished, or somebody else holds it)."""
+
+
 class AbstractUnitOfWork(abc.ABC):
     """One transaction over all repositories: ``with uow: ...; uow.commit()``; leaving without commit rolls
     back. Writers are serialised, so what a unit of work reads stays true until it commits."""
@@ -135,6 +157,7 @@ class AbstractUnitOfWork(abc.ABC):
     tasks: TaskRepository
     samples: SampleRepository
     runs: RunRepository
+    score_jobs: ScoreJobRepository
 
     def __enter__(self) -> AbstractUnitOfWork:
         return self
@@ -300,6 +323,25 @@ class RunArtifacts(abc.ABC):
     def log_tail(self, run_id: int, *, lines: int = 30) -> str: ...
 
 
+class ScoreJobFiles(abc.ABC):
+    """A score job's files: the validated rows to score and the scores, each written atomically."""
+
+    @abc.abstractmethod
+    def save_input(self, job_id: int, rows: pd.DataFrame) -> str:
+        """Store the job's rows; returns their path."""
+
+    @abc.abstractmethod
+    def save_scores(self, job_id: int, scores: pd.DataFrame) -> str:
+        """Store the job's scores; returns their path."""
+
+    @abc.abstractmethod
+    def read(self, path: str) -> pd.DataFrame: ...
+
+    @abc.abstractmethod
+    def remove(self, job_id: int) -> None:
+        """Remove whatever the job has stored (a submission that was not recorded)."""
+
+
 @dataclass(frozen=True)
 class DeadRequest:
     """A request the queue gave up on: it could not be valid, or it kept failing past the retry limit."""
@@ -310,14 +352,18 @@ class DeadRequest:
     reason: str
     retries: int
     dead_at: datetime | None
+    job_id: int | None = None  # of a score request
 
 
 class RunQueue(abc.ABC):
-    """Carries train requests to whoever starts runs (embedded: wakes the dispatcher thread; full mode:
-    RabbitMQ). ``submitted`` raises ``ServiceUnavailable`` when the request could not be queued."""
+    """Carries train and score requests to whoever does the work (embedded: wakes the dispatcher thread;
+    full mode: RabbitMQ). Both methods raise ``ServiceUnavailable`` when the request could not be queued."""
 
     @abc.abstractmethod
     def submitted(self, run_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def submitted_score(self, job_id: int, run_id: int) -> None: ...
 
     def dead_letters(self, limit: int = 100) -> list[DeadRequest]:
         """Requests given up on, oldest first (embedded mode has none: it retries nothing)."""
@@ -342,3 +388,4 @@ class Backend:
     sample_store: SampleStore
     artifacts: RunArtifacts
     queue: RunQueue
+    score_files: ScoreJobFiles

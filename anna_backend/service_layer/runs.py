@@ -1,4 +1,4 @@
-"""Use cases around runs: submit, watch, cancel, read the report, score."""
+"""Use cases around runs: submit, watch, cancel, read the report (scoring: ``scoring``)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from anna_backend.domain.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from anna_backend.domain.model import Run, RunState, Sample, Task, User
 from anna_backend.service_layer.ports import AbstractUnitOfWork, Backend, DeadRequest
-from anna_backend.service_layer.sample_files import parse_scoring_rows
 from anna_backend.service_layer.tasks import get_task, require_writer, resolve_task
 from anna_models.config import RunConfig, TrainParams
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +24,6 @@ class RunView:
     run: Run
     task_name: str
     queue_position: int | None
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    run_id: int
-    scores: pd.DataFrame  # client_id, report_date, score (+ class probabilities), in file order
-    metrics: dict[str, Any] | None
 
 
 def _views(uow: AbstractUnitOfWork, runs: list[Run]) -> list[RunView]:
@@ -199,21 +188,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
-
-
-def score_sample(backend: Backend, *, user: User, run_id: int, filename: str, content: bytes) -> ScoreResult:
-    """Retro-inference: score the rows of a file with a succeeded run's model."""
-    require_writer(user)
-    with backend.uow() as uow:
-        run = _get_run(uow, run_id)
-        task = uow.tasks.get(run.task_id)
-    if task is None:
-        raise NotFound(f"the task of run {run_id} is gone")
-    if run.state is not RunState.SUCCEEDED:
-        raise Conflict(f"run {run_id} is {run.state.value}; only a succeeded run's model can score")
-    rows = parse_scoring_rows(content, filename or "sample.csv", task.task_type)
-    scores, metrics = backend.scorer.score(run, task, rows)
-    return ScoreResult(run_id=run_id, scores=scores, metrics=metrics)
 
 
 def dead_letters(backend: Backend, *, limit: int = 100) -> list[DeadRequest]:

@@ -1,4 +1,5 @@
-"""Full mode's worker: takes train requests from the broker, starts runs in the orchestrator, follows them.
+"""Full mode's worker: takes train requests from the broker, starts runs in the orchestrator, follows them;
+takes score requests and runs their jobs.
 
 The database is the state of record and the broker only carries the work, so any number of workers may run:
 
@@ -16,6 +17,9 @@ The database is the state of record and the broker only carries the work, so any
 - Requests that cannot be valid (bad body, unknown run, unreadable configuration) go to the dead letters at
   once; failures that may pass (the orchestrator unreachable) are retried with backoff, and after the
   retry limit the run fails with the error and the request goes to the dead letters.
+- A score request runs its job in the worker's thread and is acked once the job's outcome is written
+  (``score_requests``): meanwhile this worker takes no other request and follows no run (the other
+  workers do; the broker's heartbeats go on in the consumer's own I/O thread).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from anna_backend.service_layer.run_progress import (
     metrics_summary,
     record_progress,
 )
+from anna_backend.service_layer.score_requests import handle_score_request
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +135,12 @@ class Worker:
         if request is None:
             self.deliveries.dead_letter(delivery, delivery.problem or "not an ANNA request")
             return
+        if request.kind == "score":
+            handle_score_request(self.backend, self.deliveries, delivery)
+            return
         if request.kind != "train":
-            self.deliveries.dead_letter(delivery, f"this worker takes train requests, not {request.kind!r}")
+            self.deliveries.dead_letter(delivery, f"this worker takes train and score requests, not "
+                                                  f"{request.kind!r}")
             return
         self._held = _Held(delivery, time.monotonic())
         self._try_held()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from fastapi.testclient import TestClient
 
-from anna_backend.domain.model import Run, Task
+from anna_backend.domain.model import Run, RunState, Task
 from anna_backend.service_layer.ports import Backend, DriverExit, MartCatalog, Runner, Scorer
 from anna_backend.service_layer.run_progress import begin_attempt, finish_run, record_progress
 
@@ -131,7 +131,20 @@ class FakeRunner(Runner):
 
 
 class FakeScorer(Scorer):
+    """Scores ``(client_id % 10) / 10``. ``errors`` are raised by the next calls, one each; with a ``gate``,
+    scoring first waits until it is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors: list[Exception] = []
+        self.gate: threading.Event | None = None
+
     def score(self, run: Run, task: Task, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(20)
+        if self.errors:
+            raise self.errors.pop(0)
         scored = rows[["client_id", "report_date"]].copy()
         scored["score"] = (rows["client_id"] % 10) / 10.0
         metrics = {"roc_auc": 0.5} if "target" in rows.columns else None
@@ -206,6 +219,23 @@ def seed_runs(
     content = csv_bytes(sample_frame())
     tasks.upload_sample(backend, user=user, task_ref=task, filename="s.csv", content=content)
     return [runs.submit_run(backend, user=user, task_ref=task).run.id or 0 for _ in range(n)]
+
+
+def succeed_run(backend: Backend, run_id: int) -> None:
+    """Take a queued run through the state machine to succeeded, as its driver would have."""
+    with backend.uow() as uow:
+        run = uow.runs.get(run_id, for_update=True)
+        assert run is not None
+        run.transition(RunState.BUILDING)
+        run.start(None)
+        run.succeed(metrics={"test": {"roc_auc": 0.7}, "domains": {}}, model_uri=f"models:/fake/{run_id}")
+        uow.runs.save(run)
+        uow.commit()
+
+
+def scorer_of(backend: Backend) -> FakeScorer:
+    assert isinstance(backend.scorer, FakeScorer)
+    return backend.scorer
 
 
 def states(backend: Backend) -> dict[int, str]:

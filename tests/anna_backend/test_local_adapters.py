@@ -71,8 +71,8 @@ def test_sqlite_runs_in_wal_mode_and_migrations_are_idempotent(settings: Setting
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         tables = set(sa.inspect(connection).get_table_names())
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    assert {"users", "tokens", "tasks", "samples", "runs", "run_steps"} <= tables
-    assert version == "0001_initial"
+    assert {"users", "tokens", "tasks", "samples", "runs", "run_steps", "score_jobs"} <= tables
+    assert version == "0002_score_jobs"
     engine.dispose()
 
 
@@ -87,17 +87,20 @@ def test_migrations_bring_a_fresh_postgresql_database_to_head(postgres_url: str)
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         columns = {c["name"]: c for c in inspector.get_columns("runs")}
         indexes = {i["name"] for i in inspector.get_indexes("runs")}
-    assert {"users", "tokens", "tasks", "samples", "runs", "run_steps"} <= tables
-    assert version == "0001_initial"
+        job_indexes = {i["name"] for i in inspector.get_indexes("score_jobs")}
+    assert {"users", "tokens", "tasks", "samples", "runs", "run_steps", "score_jobs"} <= tables
+    assert version == "0002_score_jobs"
     assert columns["id"]["autoincrement"] and str(columns["params"]["type"]) == "JSON"
     assert {"ix_runs_task_id", "ix_runs_state_id"} <= indexes
+    assert {"ix_score_jobs_run_id", "ix_score_jobs_state_id"} <= job_indexes
     engine.dispose()
 
 
 def test_openapi_docs_are_served(api: Api) -> None:
     assert api.client.get("/docs").status_code == 200
     paths = api.client.get("/openapi.json").json()["paths"]
-    assert {"/auth/token", "/tasks/{task_ref}/samples", "/runs/{run_id}/score"} <= set(paths)
+    assert {"/auth/token", "/tasks/{task_ref}/samples", "/runs/{run_id}/score", "/runs/{run_id}/score-jobs",
+            "/score-jobs/{job_id}", "/score-jobs/{job_id}/result"} <= set(paths)
 
 
 def test_the_server_starts_without_heavy_imports() -> None:

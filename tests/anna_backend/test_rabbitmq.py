@@ -177,7 +177,7 @@ def take(consumer: RequestConsumer, timeout_s: float = 5.0) -> Delivery:
 def test_published_request_round_trips_and_ack_removes_it(broker: Broker) -> None:
     queue = broker.queue()
     queue.submitted(7)
-    queue.publish(Request("score", 3, job_id=9))
+    queue.submitted_score(9, 3)
     consumer = broker.consumer(queue, prefetch=2)
 
     first, second = take(consumer), take(consumer)
@@ -268,6 +268,15 @@ def test_invalid_body_is_delivered_with_its_problem_and_can_be_dead_lettered(bro
     dead = queue.dead_letters()
     assert [(d.body, d.reason, d.request) for d in dead] == [
         ("not json", garbled.problem, None), ('{"kind": "bake", "run_id": 1}', unknown.problem, None)]
+
+
+def test_a_dead_score_request_names_its_job(broker: Broker) -> None:
+    queue = broker.queue()
+    queue.submitted_score(4, 2)
+    consumer = broker.consumer(queue)
+    consumer.dead_letter(take(consumer), "no score job 4")
+    [dead] = queue.dead_letters()
+    assert (dead.kind, dead.run_id, dead.job_id, dead.reason) == ("score", 2, 4, "no score job 4")
 
 
 def test_dead_letters_are_peeked_not_consumed_and_broker_reasons_are_read(broker: Broker) -> None:

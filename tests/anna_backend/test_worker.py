@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from backend_fakes import seed_runs, states
+from backend_fakes import scorer_of, seed_runs, states, succeed_run
 
-from anna_backend.domain.model import ACTIVE_STATES, Run, RunState
+from anna_backend.domain.errors import NotFound, ServiceUnavailable
+from anna_backend.domain.model import ACTIVE_STATES, Run, RunState, utcnow
+from anna_backend.domain.score_job import ScoreJob, ScoreJobState
+from anna_backend.service_layer import scoring
 from anna_backend.service_layer.ports import Backend, Orchestrator, PipelineStatus, StepStatus
 from anna_backend.service_layer.worker import Worker
 from anna_models.progress import FileProgress
@@ -289,6 +292,124 @@ def test_a_running_run_whose_pipeline_is_missing_gets_it_started(
 
 
 def uow_now() -> Any:
-    from anna_backend.domain.model import utcnow
-
     return utcnow()
+
+
+# ------------------------------------------------------------------------------------------- score requests
+
+SCORE_ROWS = b"client_id,report_date,target\n12,2024-06-01,1\n7,2024-07-15,0\n"
+
+
+def score_job(backend: Backend) -> tuple[int, int]:
+    """A succeeded run and a queued score job of it: (run id, job id)."""
+    [run_id] = seed_runs(backend, 1)
+    succeed_run(backend, run_id)
+    with backend.uow() as uow:
+        user = uow.users.get_by_username("alice")
+    assert user is not None
+    job = scoring.submit_score_job(backend, user=user, run_id=run_id, filename="rows.csv", content=SCORE_ROWS)
+    assert job.id is not None
+    return run_id, job.id
+
+
+def job(backend: Backend, job_id: int) -> ScoreJob:
+    return scoring.get_score_job(backend, job_id)
+
+
+def test_a_score_request_runs_its_job_in_the_worker_then_is_acked(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    run_id, job_id = score_job(backend)
+    broker.publish(Request("score", run_id, job_id))
+    worker(backend, broker, orchestrator).tick()
+    done = job(backend, job_id)
+    assert done.state is ScoreJobState.SUCCEEDED and done.attempt == 1 and done.metrics == {"roc_auc": 0.5}
+    assert [m.request for m in broker.acked] == [Request("score", run_id, job_id)] and not broker.dead
+    result = scoring.score_job_result(backend, job_id)
+    assert result.scores["score"].tolist() == [0.2, 0.7] and orchestrator.starts == 0
+
+
+def test_a_score_request_redelivered_after_its_worker_died_runs_the_job_again_as_the_next_attempt(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    run_id, job_id = score_job(backend)
+    with backend.uow() as uow:  # a worker claimed the job and was killed mid-way: its request is unacked
+        uow.score_jobs.claim(job_id, now=utcnow())
+        uow.commit()
+    broker.publish(Request("score", run_id, job_id))  # a duplicate publish: its holder may still be alive
+    w = worker(backend, broker, orchestrator)
+    w.tick()
+    assert job(backend, job_id).state is ScoreJobState.RUNNING and scorer_of(backend).calls == 0
+    broker.queue.append(Message(Request("score", run_id, job_id), redelivered=True))  # the broker redelivers
+    w.tick()
+    done = job(backend, job_id)
+    assert done.state is ScoreJobState.SUCCEEDED and done.attempt == 2 and scorer_of(backend).calls == 1
+    assert len(broker.acked) == 2 and not broker.dead
+    assert not scoring.fail_score_job(backend, job_id, "late news from the dead worker", attempt=1)
+    broker.queue.append(Message(Request("score", run_id, job_id), redelivered=True))
+    w.tick()  # once more after success: nothing runs twice
+    assert scorer_of(backend).calls == 1 and job(backend, job_id) == done and len(broker.acked) == 3
+
+
+def test_score_requests_that_cannot_be_valid_are_dead_lettered_and_scoring_errors_fail_the_job(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    run_id, job_id = score_job(backend)
+    broker.publish(Request("score", run_id, 999))
+    broker.publish(Request("score", run_id))
+    broker.publish(Request("score", run_id + 1, job_id))
+    scorer_of(backend).errors = [NotFound(f"run {run_id} has no packaged model to score with")]
+    broker.publish(Request("score", run_id, job_id))
+    w = worker(backend, broker, orchestrator)
+    for _ in range(4):
+        w.tick()
+    reasons = [reason for _, reason in broker.dead]
+    assert reasons == ["no score job 999", f"a score request names its job; job_id is missing (run {run_id})",
+                       f"score job {job_id} belongs to run {run_id}, not to run {run_id + 1}"]
+    failed = job(backend, job_id)
+    assert failed.state is ScoreJobState.FAILED
+    assert failed.error == f"NotFound: run {run_id} has no packaged model to score with"
+    assert [m.request for m in broker.acked] == [Request("score", run_id, job_id)]
+
+
+def test_a_passing_error_requeues_the_job_and_retries_the_request(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    run_id, job_id = score_job(backend)
+    scorer_of(backend).errors = [ServiceUnavailable("MLflow at http://127.0.0.1:1 is unreachable")]
+    broker.publish(Request("score", run_id, job_id))
+    w = worker(backend, broker, orchestrator)
+    w.tick()
+    waiting = job(backend, job_id)
+    assert waiting.state is ScoreJobState.QUEUED and waiting.attempt == 2
+    assert [m.retries for m in broker.queue] == [1] and not broker.acked
+    w.tick()
+    done = job(backend, job_id)
+    assert done.state is ScoreJobState.SUCCEEDED and done.attempt == 2 and not broker.dead
+
+
+def test_an_error_that_keeps_coming_fails_the_job_with_the_reason_after_the_retries(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    run_id, job_id = score_job(backend)
+    scorer_of(backend).errors = [OSError(28, "No space left on device")] * 10
+    broker.publish(Request("score", run_id, job_id))
+    w = worker(backend, broker, orchestrator)
+    for _ in range(5):
+        w.tick()
+    assert [m.retries for m, _ in broker.dead] == [broker.retry_limit]
+    failed = job(backend, job_id)
+    assert failed.state is ScoreJobState.FAILED and failed.error is not None
+    assert failed.error.startswith("could not score after 3 tries: OSError: [Errno 28] No space left")
+    assert scorer_of(backend).calls == 3
+
+
+def test_a_job_whose_workers_keep_dying_is_given_up_after_the_retries(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    backend.settings.request_retries = 1
+    run_id, job_id = score_job(backend)
+    with backend.uow() as uow:  # two attempts, each ended by a dead worker (killed, or over consumer_timeout)
+        uow.score_jobs.claim(job_id, now=utcnow())
+        uow.score_jobs.claim(job_id, now=utcnow(), takeover_attempt=1)
+        uow.commit()
+    broker.queue.append(Message(Request("score", run_id, job_id), redelivered=True))
+    worker(backend, broker, orchestrator).tick()
+    failed = job(backend, job_id)
+    assert failed.state is ScoreJobState.FAILED and failed.error is not None
+    assert failed.error.startswith("gave up after 2 attempts") and scorer_of(backend).calls == 0
+    assert [reason for _, reason in broker.dead] == [failed.error]

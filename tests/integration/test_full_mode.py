@@ -2,7 +2,7 @@
 tracking in an MLflow server, the state of record in PostgreSQL.
 
 The tests share one installation and run in order: one run end to end, six runs on three slots with a
-worker killed mid-way, then a run whose mart file is gone.
+worker killed mid-way, a run whose mart file is gone, then a score job of the first run.
 """
 
 from __future__ import annotations
@@ -144,3 +144,31 @@ def _wait_failed_noting_time(api: Api, run_id: int) -> tuple[datetime, dict[str,
             return datetime.now(UTC), run
         time.sleep(0.2)
     pytest.fail(f"run {run_id} did not finish\n{api.anna.logs()}")
+
+
+def test_a_score_job_goes_through_rabbitmq_to_a_worker_and_matches_the_synchronous_scores(
+        full_anna: FullAnna, api: Api) -> None:
+    [run] = api.get("/runs", params={"task": "full-spine", "state": "succeeded"})  # the first test's run
+    scored = full_anna.data_dir / "demo" / "samples" / "default_12m_score.csv"
+    with scored.open("rb") as handle:
+        job = api.post(f"/runs/{run['id']}/score-jobs", 202, files={"file": (scored.name, handle)})
+    assert job["state"] == "queued" and job["n_rows"] > 0
+    deadline = time.monotonic() + 180
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = api.get(f"/score-jobs/{job['id']}")
+    assert job["state"] == "succeeded", f"{job}\n{full_anna.logs()}"
+    assert job["attempt"] == 1 and job["error"] is None
+    assert f"score job {job['id']} succeeded" in full_anna.logs(lines=2000)  # done by a worker
+    result = api.get(f"/score-jobs/{job['id']}/result")
+    with scored.open("rb") as handle:
+        sync = api.post(f"/runs/{run['id']}/score", files={"file": (scored.name, handle)})
+    assert result["n_rows"] == sync["n_rows"] == job["n_rows"]
+    assert [(r["client_id"], r["report_date"]) for r in result["scores"]] == \
+        [(r["client_id"], r["report_date"]) for r in sync["scores"]]
+    assert [r["score"] for r in result["scores"]] == pytest.approx([r["score"] for r in sync["scores"]],
+                                                                   rel=1e-5, abs=1e-7)
+    assert job["metrics"] == result["metrics"] and set(result["metrics"]) == set(sync["metrics"])
+    assert result["metrics"] == pytest.approx(sync["metrics"], rel=1e-5, abs=1e-7)
+    assert result["metrics"]["roc_auc"] > 0.5
+    assert api.get("/queue/dead-letters") == []
