@@ -1,8 +1,10 @@
 """``anna worker``: full mode's queue consumer. Start as many as you like; together they run at most
 ``ANNA_MAX_CONCURRENT_RUNS`` runs (the database keeps count), and each follows every running run.
 
-SIGTERM or Ctrl-C stops it after the current round; a held request goes back to the queue. A lost broker
-connection is reopened with backoff; the runs go on in Airflow meanwhile.
+SIGTERM or Ctrl-C stops it after the current round; a held request goes back to the queue. Until Airflow
+is ready (the DAG parsed, the pool there) and the broker answers, it waits and tries again with backoff,
+saying what is missing; a lost broker connection is reopened the same way. Runs go on in Airflow
+meanwhile.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def run_worker(settings: Settings | None = None, *, stop: threading.Event | None
     try:
         while not stop.is_set():
             try:
+                orchestrator.ensure_ready()  # no request is taken while Airflow cannot run it
                 consumer = queue.consumer(prefetch=1)  # type: ignore[attr-defined]
                 consumer.start()
             except ServiceUnavailable as error:

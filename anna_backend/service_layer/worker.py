@@ -101,7 +101,6 @@ class Worker:
     def serve(self, stop: threading.Event, *, healthy: Callable[[], bool] = lambda: True) -> None:
         """Rounds until ``stop`` is set or ``healthy()`` (the broker connection) no longer holds."""
         settings = self.backend.settings
-        self.orchestrator.ensure_ready()
         log.info("worker started: at most %s run(s) at once across all workers", settings.max_concurrent_runs)
         while not stop.is_set() and healthy():
             try:
