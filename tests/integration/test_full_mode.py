@@ -172,3 +172,33 @@ def test_a_score_job_goes_through_rabbitmq_to_a_worker_and_matches_the_synchrono
     assert result["metrics"] == pytest.approx(sync["metrics"], rel=1e-5, abs=1e-7)
     assert result["metrics"]["roc_auc"] > 0.5
     assert api.get("/queue/dead-letters") == []
+
+
+def test_cancelling_a_running_run_stops_its_dag_run_and_frees_the_slot(full_anna: FullAnna, api: Api) -> None:
+    api.task_with_sample("full-cancel")
+    run_id = api.train("full-cancel")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:  # wait until its encoders are training in Airflow
+        run = api.get(f"/runs/{run_id}")
+        if any(s["name"].startswith("train.") and s["state"] == "running" for s in run["steps"]):
+            break
+        assert run["state"] in ("queued", "building", "running"), run
+        time.sleep(0.3)
+    cancelled = api.post(f"/runs/{run_id}/cancel")
+    assert cancelled["state"] == "cancelled"
+    with airflow_client(full_anna.airflow) as airflow:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [dag_run] = dag_runs_of(airflow, run_id)
+            answer = airflow.get(f"/dags/anna_training/dagRuns/{dag_run['dag_run_id']}/taskInstances",
+                                 params={"limit": 100})
+            answer.raise_for_status()
+            unfinished = [t for t in answer.json()["task_instances"]
+                          if t["state"] in ("running", "queued", "scheduled", None)]
+            if dag_run["state"] == "failed" and not unfinished:
+                break
+            time.sleep(1)
+    assert dag_run["state"] == "failed" and not unfinished, (dag_run, unfinished)
+    time.sleep(3 * POLL_INTERVAL_S)  # the workers keep following: the run must stay cancelled
+    assert api.get(f"/runs/{run_id}")["state"] == "cancelled"
+    assert not [r for r in api.get("/runs") if r["state"] in ("building", "running")]
