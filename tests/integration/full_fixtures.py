@@ -20,8 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-from airflow_fixtures import POSTGRES_ADMIN_URL, AirflowInstance, airflow  # noqa: F401
+from airflow_fixtures import AirflowInstance, airflow  # noqa: F401
 from mlflow_fixtures import mlflow_server  # noqa: F401
+from service_support import fresh_postgres_database, unavailable
 
 from anna_backend.devservices.process import Service, free_port
 
@@ -32,12 +33,6 @@ DEMO_CLIENTS = 600
 MAX_CONCURRENT_RUNS = 3
 POLL_INTERVAL_S = 1.0
 RABBITMQ_URL = os.environ.get("ANNA_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the full-mode tests must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +57,8 @@ def rabbitmq_prefix() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def anna_database() -> Iterator[str]:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"anna_full_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:
-        unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {type(error).__name__}: {error}")
-    try:
-        yield sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("anna_full") as url:
+        yield url
 
 
 @dataclass

@@ -6,21 +6,13 @@ get a second session fixture, and so a second server.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
+from service_support import unavailable
 
 from anna_backend.devservices.mlflow_server import start_mlflow_server
 from anna_backend.devservices.process import Service, ServiceFailed, free_port
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Fail under CI (where the server must run), skip elsewhere."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the MLflow server tests must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +29,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
             break
         except ServiceFailed as error:
             if "address already in use" not in str(error).lower():
-                _unavailable(f"the MLflow server did not start: {error}")
+                unavailable(f"the MLflow server did not start: {error}")
         except OSError as error:
-            _unavailable(f"the MLflow server could not be launched: {error}")
+            unavailable(f"the MLflow server could not be launched: {error}")
     if service is None:
-        _unavailable("the MLflow server found no free port")
+        unavailable("the MLflow server found no free port")
     try:
         yield service
     finally:

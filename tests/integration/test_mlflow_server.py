@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from service_support import fresh_postgres_database
 
 from anna_backend.devservices.mlflow_server import start_mlflow_server
 from anna_backend.devservices.process import Service, free_port
@@ -176,32 +176,11 @@ def test_register_fails_at_once_naming_a_server_that_does_not_answer(
     assert not pipeline.marker_path(run_dir, "register").exists()
 
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ANNA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
 @pytest.fixture
 def postgres_store() -> Iterator[str]:
     """A fresh PostgreSQL database (driver psycopg 3) for the server's store; dropped afterwards."""
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"anna_mlflow_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # no server, refused login: no PostgreSQL here
-        admin.dispose()
-        reason = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {type(error).__name__}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason + " (CI=true: PostgreSQL tests must run)", pytrace=False)
-        pytest.skip(reason)
-    try:
-        yield sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("anna_mlflow") as url:
+        yield url
 
 
 def test_server_on_postgresql_tracks_and_registers(
