@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from anna_backend.domain.errors import NotFound
@@ -238,8 +239,8 @@ class Worker:
             log.warning("run %s: no pipeline run in the orchestrator; starting it", run.id)
             self.orchestrator.start(run)
             return
-        self._copy_steps(run, status)
-        failed = next((s for s in status.steps if s.state == "failed" and s.error), None)
+        failed = first_failure(status)
+        self._copy_steps(run, status, failed)
         if failed is not None and status.state != "succeeded":
             # A step failed for good (retries spent): end the run now, free its slot, stop what is left.
             if fail_run(self.backend, run_id=run.id, attempt=run.attempt,
@@ -255,19 +256,29 @@ class Worker:
             fail_run(self.backend, run_id=run.id, attempt=run.attempt,
                      error=status.error or "the pipeline run failed in the orchestrator")
 
-    def _copy_steps(self, run: Run, status: PipelineStatus) -> None:
+    def _copy_steps(self, run: Run, status: PipelineStatus, failed: StepStatus | None) -> None:
         from anna_models.progress import read_progress
 
         assert run.id is not None
         progress = read_progress(self.backend.artifacts.run_dir(run.id))
         for step in status.steps:
             fields = _step_fields(step, progress.get(step.name, {}))
+            if failed is not None and step.state == "failed" and step is not failed:
+                fields["message"] = f"stopped: step {failed.name} failed first"
             key = (run.id, run.attempt, step.name)
             if self._written.get(key) == fields:
                 continue
             if record_progress(self.backend, run_id=run.id, attempt=run.attempt, step=step.name,
                                fields=fields):
                 self._written[key] = fields
+
+
+def first_failure(status: PipelineStatus) -> StepStatus | None:
+    """The step that failed first. The DAG fails fast: once one step fails, Airflow fails the steps still
+    running too, and their errors only say they were stopped."""
+    failed = [s for s in status.steps if s.state == "failed" and s.error]
+    never = datetime.max.replace(tzinfo=UTC)
+    return min(failed, key=lambda s: s.finished_at or never, default=None)
 
 
 def _step_fields(step: StepStatus, progress: dict[str, Any]) -> dict[str, Any]:

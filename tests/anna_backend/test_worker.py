@@ -413,3 +413,29 @@ def test_a_job_whose_workers_keep_dying_is_given_up_after_the_retries(
     assert failed.state is ScoreJobState.FAILED and failed.error is not None
     assert failed.error.startswith("gave up after 2 attempts") and scorer_of(backend).calls == 0
     assert [reason for _, reason in broker.dead] == [failed.error]
+
+
+def test_the_step_that_failed_first_names_the_failure_not_those_stopped_after_it(
+        backend: Backend, broker: Broker, orchestrator: FakeOrchestrator) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    [run_id] = seed_runs(backend, 1, domains=("cards", "accounts"))
+    broker.publish(Request("train", run_id))
+    w = worker(backend, broker, orchestrator)
+    w.tick()
+    failed_at = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    # Pipeline order lists train.accounts before extract.cards, but extract.cards failed first and the
+    # fail-fast DAG then stopped the training that was running.
+    orchestrator.steps = [
+        StepStatus("train.accounts", "failed", try_number=1, finished_at=failed_at + timedelta(seconds=2),
+                   error="::group::Pre Execute"),
+        StepStatus("extract.cards", "failed", try_number=1, finished_at=failed_at,
+                   error="FileNotFoundError: cards/manifest.json"),
+    ]
+    w.follow()
+    with backend.uow() as uow:
+        run = uow.runs.get(run_id)
+    assert run is not None and run.state is RunState.FAILED
+    assert run.error == "step extract.cards failed: FileNotFoundError: cards/manifest.json"
+    stopped = run.step("train.accounts")
+    assert stopped is not None and stopped.message == "stopped: step extract.cards failed first"
