@@ -10,7 +10,7 @@ DEMO_CLIENTS ?= 20000
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run run-full demo-data test lint bench lock clean-data
+.PHONY: install bench-install run run-full demo-data test lint bench lock clean-data
 
 install: $(STAMP)
 
@@ -39,9 +39,24 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
-bench: install
-	$(BIN)/python bench/bench_data.py
-	$(BIN)/python bench/train_demo.py
+# Benchmarks run beside their peers (LightGBM, lifetimes, DuckDB, pytorch-lifestream), installed into a venv
+# of their own so that none of them becomes a dependency of ANNA.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+CDNOW ?= ../shared/datasets/cdnow/CDNOW_master.txt
+
+bench-install: $(BENCH_STAMP)
+
+$(BENCH_STAMP): requirements.lock bench/requirements.txt pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps pytorch-lifestream==0.7.0
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+bench: bench-install
+	$(BENCH_VENV)/bin/python bench/bench_data.py
+	$(BENCH_VENV)/bin/python bench/train_demo.py
 
 # Re-pin every dependency after changing pyproject.toml (needs a working .venv).
 lock:
