@@ -207,3 +207,39 @@ def test_matches_a_slow_reference_on_random_marts(tmp_path, seed):
     for max_len in (1, 4, 1000):
         seq = extract_sequences(mart, ids, dates.view("datetime64[s]"), max_len)
         _assert_matches_reference(seq, _reference(mart, ids, dates.view("datetime64[s]"), max_len))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_small_blocks_and_threads_give_the_reference_rows(tmp_path, monkeypatch, threads):
+    """Output is filled in blocks of rows, on threads: block edges and empty rows must not shift an event."""
+    rng = np.random.default_rng(7)
+    clients = np.arange(1, 60) * 3
+    counts = rng.integers(0, 12, len(clients))
+    client_id = np.repeat(clients, counts)
+    start = np.datetime64("2024-01-01T00:00:00").astype(np.int64)
+    seconds = start + rng.integers(0, 90, len(client_id)) * 86400 + rng.integers(0, 3, len(client_id)) * 3600
+    mart = _mart(
+        tmp_path / "blocks",
+        client_id,
+        seconds.view("datetime64[s]"),
+        rng.integers(1, 6, len(client_id)),
+        rng.lognormal(3, 1, len(client_id)),
+    )
+    n = 300
+    ids = np.where(rng.random(n) < 0.8, rng.choice(clients, n), -1)  # runs of empty rows between kept ones
+    dates = (start + rng.integers(0, 100, n) * 86400).view("datetime64[s]")
+    whole = extract_sequences(mart, ids, dates, 5)
+    monkeypatch.setattr("anna_models.extract.BLOCK_EVENTS", 7)  # many blocks, each ending mid-sample
+    seq = extract_sequences(mart, ids, dates, 5, threads=threads)
+    _assert_matches_reference(seq, _reference(mart, ids, dates, 5))
+    np.testing.assert_array_equal(seq.offsets, whole.offsets)
+    np.testing.assert_array_equal(seq.time_features, whole.time_features)  # bit for bit, any block size
+    np.testing.assert_array_equal(seq.categorical["mcc"], whole.categorical["mcc"])
+    np.testing.assert_array_equal(seq.numeric["amount"], whole.numeric["amount"])
+
+
+def test_threads_below_one_are_refused(edge_mart):
+    with pytest.raises(ValueError, match="threads"):
+        extract_sequences(
+            edge_mart, np.array([1]), np.array(["2025-03-01"], dtype="datetime64[s]"), 5, threads=0
+        )
