@@ -56,7 +56,10 @@ $(BENCH_STAMP): requirements.lock bench/requirements.txt pyproject.toml
 
 bench: bench-install
 	$(BENCH_VENV)/bin/python bench/bench_data.py
+	$(BENCH_VENV)/bin/python bench/extraction.py
 	$(BENCH_VENV)/bin/python bench/train_demo.py
+	$(BENCH_VENV)/bin/python bench/throughput.py
+	$(BENCH_VENV)/bin/python bench/cdnow.py $(CDNOW)
 
 # Re-pin every dependency after changing pyproject.toml (needs a working .venv).
 lock:
