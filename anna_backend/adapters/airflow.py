@@ -15,10 +15,6 @@ from anna_backend.domain.model import Run
 from anna_backend.service_layer.ports import ModelConfigRepo, Orchestrator, PipelineStatus, StepStatus
 from anna_backend.settings import Settings
 
-PRE_STEPS = ("validate_split",)
-PER_DOMAIN_STEPS = ("extract", "train")
-POST_STEPS = ("train_fusion", "blend", "evaluate", "register")
-
 # Airflow's task instance states (None: not scheduled yet) as ANNA's step states.
 STEP_STATES: dict[str | None, str] = {
     None: "pending", "none": "pending", "scheduled": "pending", "queued": "pending",
@@ -175,7 +171,9 @@ class AirflowOrchestrator(Orchestrator):
 
     def _names(self, run: Run) -> list[str]:
         domains = self._domains_of(run)
-        return [*PRE_STEPS, *(f"{s}.{d}" for d in domains for s in PER_DOMAIN_STEPS), *POST_STEPS]
+        from anna_models.pipeline import step_names  # the DAG's task ids are the pipeline's step names
+
+        return step_names(domains)
 
     def _task_instances(self, run: Run) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -197,7 +195,7 @@ class AirflowOrchestrator(Orchestrator):
                 if index >= len(domains):
                     continue
                 name = f"{task_id}.{domains[index]}"
-            elif task_id in PER_DOMAIN_STEPS:
+            elif task_id in _per_domain_steps():
                 continue  # the mapped task before it was expanded: its steps show as pending
             else:
                 name = task_id
@@ -244,3 +242,9 @@ class AirflowOrchestrator(Orchestrator):
 
 def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+def _per_domain_steps() -> set[str]:
+    from anna_models import pipeline
+
+    return {pipeline.step_name(step) for step in pipeline.PER_DOMAIN}
