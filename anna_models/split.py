@@ -1,7 +1,9 @@
 """The split rules (docs/architecture.md): which sample rows train, which stop training early, which test.
 
-Out of time when report dates span at least ``OOT_MIN_MONTHS`` months (the latest report dates are the
-test rows, the ones before them valid), else stratified random with a client's rows kept in one part.
+Out of time when report dates span at least ``OOT_MIN_MONTHS`` months: the latest report dates are the
+test rows and the ones before them valid, unless fewer than ``OOT_VALID_MIN_MONTHS`` months precede the
+test months; then a month held out would take a third or half of the training rows, so valid is a random
+share of the earlier rows' clients instead. Otherwise stratified random, a client's rows kept in one part.
 """
 
 from __future__ import annotations
@@ -15,24 +17,40 @@ import pandas as pd
 
 PARTS = ("train", "valid", "test")
 OOT_MIN_MONTHS = 6  # report dates spanning at least this many months are split out of time
+OOT_VALID_MIN_MONTHS = 4  # fewer months before the test months: valid is random clients of them
 TEST_SHARE, VALID_SHARE = 0.20, 0.15
 
 
 def split_sample(sample: pd.DataFrame, task_type: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """(N,) part names and a description: out of time when report dates span ≥ 6 months, else stratified."""
+    """(N,) part names and a description: out of time when report dates span ≥ 6 months (valid out of
+    time too when ≥ 4 months precede the test months, else random clients), else stratified random."""
     months = sample["report_date"].dt.to_period("M")
     distinct = np.sort(months.unique())
     span = (distinct[-1] - distinct[0]).n + 1 if len(distinct) else 0
     if span >= OOT_MIN_MONTHS and len(distinct) >= 3:
         n_test = max(1, round(TEST_SHARE * len(distinct)))
-        n_valid = max(1, round(VALID_SHARE * len(distinct)))
-        test_months, valid_months = distinct[-n_test:], distinct[-n_test - n_valid : -n_test]
-        parts = np.where(months.isin(valid_months), "valid", "train")
-        parts = np.where(months.isin(test_months), "test", parts)
-        return parts, {"kind": "out_of_time", "months": len(distinct)}
-    # Stratified random: rank rows randomly within their stratum and cut each stratum at 70% / 85%. The
-    # random key is drawn per client, so a client's rows (same stratum) share a part: nearly identical
-    # histories a few weeks apart in train and test would flatter the test metric.
+        test = months.isin(distinct[-n_test:]).to_numpy()
+        if len(distinct) - n_test >= OOT_VALID_MIN_MONTHS:
+            n_valid = max(1, round(VALID_SHARE * len(distinct)))
+            valid = months.isin(distinct[-n_test - n_valid : -n_test]).to_numpy()
+            kind = "out_of_time"
+        else:
+            # By client, not by row: a client's rows a quarter apart have nearly the same history.
+            clients, inverse = np.unique(sample["client_id"].to_numpy(), return_inverse=True)
+            key = np.random.default_rng(seed).random(len(clients))[inverse]
+            valid = ~test & (key < VALID_SHARE / (1 - TEST_SHARE))
+            kind = "out_of_time_test"
+        parts = np.where(test, "test", np.where(valid, "valid", "train"))
+        return parts, {"kind": kind, "months": len(distinct)}
+    share = _random_share(sample, task_type, seed)
+    parts = np.where(share <= 0.70, "train", np.where(share <= 0.85, "valid", "test"))
+    return parts, {"kind": "stratified_random", "months": len(distinct)}
+
+
+def _random_share(sample: pd.DataFrame, task_type: str, seed: int) -> np.ndarray:
+    """(N,) each row's random rank within its target stratum, in (0, 1]; cutting it at 70% / 85% splits
+    every stratum alike. The random key is drawn per client, so a client's rows (same stratum) share a
+    part: nearly identical histories a few weeks apart in train and test would flatter the test metric."""
     rng = np.random.default_rng(seed)
     clients, inverse = np.unique(sample["client_id"].to_numpy(), return_inverse=True)
     if task_type == "regression":
@@ -40,9 +58,7 @@ def split_sample(sample: pd.DataFrame, task_type: str, seed: int) -> tuple[np.nd
     else:
         strata = pd.Series(pd.factorize(sample["target"])[0], index=sample.index)
     frame = pd.DataFrame({"stratum": np.asarray(strata), "key": rng.random(len(clients))[inverse]})
-    share = frame.groupby("stratum")["key"].rank(pct=True).to_numpy()
-    parts = np.where(share <= 0.70, "train", np.where(share <= 0.85, "valid", "test"))
-    return parts, {"kind": "stratified_random", "months": len(distinct)}
+    return frame.groupby("stratum")["key"].rank(pct=True).to_numpy()
 
 
 def encode_target(target: pd.Series, task_type: str) -> tuple[np.ndarray, list]:
