@@ -126,7 +126,7 @@ def plan_batches(
     batch_size: int,
     max_tokens: int | None = None,
     rng: np.random.Generator | None = None,
-    jitter: float = 0.15,
+    jitter: float = 0.05,
 ) -> list[np.ndarray]:
     """Cut rows into batches of similar length; returns each batch's row indices.
 

@@ -53,6 +53,7 @@ class ModelConfig:
     classes: list = field(default_factory=list)  # multiclass/binary labels, in output order
     target_mean: float = 0.0  # regression: the head predicts (y - mean) / std
     target_std: float = 1.0
+    class_weights: list[float] | None = None  # per class, in the training loss (anna_models.imbalance)
 
     @property
     def domains(self) -> list[str]:
@@ -69,7 +70,11 @@ class ModelConfig:
 
 
 class EventEncoder(nn.Module):
-    """Per-event vectors: (B, T, n_cat) codes and (B, T, n_dense) floats → (B, T, hidden)."""
+    """Per-event vectors: (B, T, n_cat) codes and (B, T, n_dense) floats → (B, T, hidden).
+
+    ``features`` is the part before the projection, (B, T, width); ``SequenceEncoder.forward_features``
+    takes it with the projection, to fold the projection into the recurrence's input weights.
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -77,11 +82,12 @@ class EventEncoder(nn.Module):
             nn.Embedding(vocab, embedding_size(vocab), padding_idx=0) for vocab in config.categorical.values()
         )
         n_dense = config.n_dense + 4 if config.n_dense >= 2 else config.n_dense  # + sin/cos of hour, weekday
-        width = sum(e.embedding_dim for e in self.embeddings) + n_dense
-        self.projection = nn.Linear(width, config.hidden)
+        self.width = sum(e.embedding_dim for e in self.embeddings) + n_dense
+        self.projection = nn.Linear(self.width, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def features(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(B, T, width): embeddings and dense features, with a row's dropout mask in training."""
         parts = [emb(categorical[..., j]) for j, emb in enumerate(self.embeddings)]
         # Normalised numerics can still have extreme tails (e.g. a one-off huge transfer); clip them.
         dense = dense.clamp(-8.0, 8.0)
@@ -91,7 +97,16 @@ class EventEncoder(nn.Module):
             angle = dense[..., -2:] * (2 * math.pi)
             dense = torch.cat([dense, torch.sin(angle), torch.cos(angle)], dim=-1)
         parts.append(dense)
-        return self.dropout(self.projection(torch.cat(parts, dim=-1)))
+        features = torch.cat(parts, dim=-1)
+        if self.training and self.dropout.p > 0:
+            # One mask per row, the same at every step (a row loses a feature for its whole history):
+            # B × width random draws instead of B × T × hidden, and the recurrence sees a consistent
+            # input (variational dropout). Applied before the projection so that it can still be folded.
+            features = features * self.dropout(features.new_ones(features.shape[0], 1, self.width))
+        return features
+
+    def forward(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.features(categorical, dense))
 
 
 class SequenceEncoder(nn.Module):
@@ -107,10 +122,13 @@ class SequenceEncoder(nn.Module):
         self.architecture = config.architecture
         h = config.hidden
         inner_dropout = config.dropout if config.layers > 1 else 0.0
+        # Recurrences run time-major, (T, B, ·): batch-first input reaches the input weights as a transposed
+        # view, which PyTorch multiplies as T small batched products (2-4× slower on CPU than one product),
+        # and time-major states pool with contiguous reductions over T.
         if config.architecture == "gru":
-            self.rnn: nn.Module = nn.GRU(h, h, config.layers, batch_first=True, dropout=inner_dropout)
+            self.rnn: nn.Module = nn.GRU(h, h, config.layers, dropout=inner_dropout)
         elif config.architecture == "lstm":
-            self.rnn = nn.LSTM(h, h, config.layers, batch_first=True, dropout=inner_dropout)
+            self.rnn = nn.LSTM(h, h, config.layers, dropout=inner_dropout)
         elif config.architecture == "transformer":
             heads = 4 if h % 4 == 0 else 1
             layer = nn.TransformerEncoderLayer(
@@ -124,28 +142,59 @@ class SequenceEncoder(nn.Module):
         self.no_history = nn.Parameter(torch.zeros(self.out_width))
 
     def forward(self, events: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        batch, width, _ = events.shape
-        steps = torch.arange(width, device=events.device)
-        mask = steps[None, :] < lengths[:, None]  # (B, T) real events
         if self.architecture == "transformer":
+            steps = torch.arange(events.shape[1], device=events.device)
+            padding = steps[None, :] >= lengths[:, None]  # (B, T)
             # Positions count back from the latest event, so "most recent" means the same at any length.
             back = (lengths[:, None] - 1 - steps[None, :]).clamp(0, self.positions.num_embeddings - 1)
-            padding = ~mask
             padding[:, 0] = False  # an all-masked row would give NaNs; empty rows are replaced below
             out = self.rnn(events + self.positions(back), src_key_padding_mask=padding)
-        else:
-            # Outside autocast: cuDNN's autocast wrapper runs recurrences in float16 whatever dtype autocast
-            # asks for, and float16 gradients underflow without a loss scaler. At these widths the
-            # recurrence is bound by its sequential steps, not by arithmetic, so float32 costs little.
-            with torch.autocast(events.device.type, enabled=False):
-                out, _ = self.rnn(events.float())  # (B, T, H)
+            return self._pool(out.transpose(0, 1), lengths)
+        # Outside autocast: cuDNN's autocast wrapper runs recurrences in float16 whatever dtype autocast
+        # asks for, and float16 gradients underflow without a loss scaler. At these widths the
+        # recurrence is bound by its sequential steps, not by arithmetic, so float32 costs little.
+        with torch.autocast(events.device.type, enabled=False):
+            out, _ = self.rnn(events.float().transpose(0, 1).contiguous())  # (T, B, H)
+        return self._pool(out, lengths)
+
+    def forward_features(self, features: torch.Tensor, lengths: torch.Tensor, projection: nn.Linear
+                         ) -> torch.Tensor:
+        """``forward(projection(features), lengths)``, cheaper on CPU where it can be.
+
+        A recurrence multiplies its input by W_ih first, so W_ih·(P·x + b) = (W_ih·P)·x + W_ih·b: when
+        the features are narrower than 1.5 × hidden, the folded (3H × width) product costs fewer
+        operations per event than the projection plus W_ih, and the (B, T, H) projection is never
+        materialised (nor its gradient). The weights and the result are the same; only rounding differs.
+        """
+        hidden = projection.out_features
+        if (self.architecture == "transformer" or features.device.type != "cpu"
+                or features.shape[-1] >= 1.5 * hidden):
+            return self.forward(projection(features), lengths)
+        rnn = self.rnn
+        weights = [getattr(rnn, f"{kind}_l{layer}") for layer in range(rnn.num_layers)
+                   for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # the order nn.GRU passes
+        weights[0] = weights[0] @ projection.weight
+        weights[2] = torch.addmv(weights[2], rnn.weight_ih_l0, projection.bias)
+        zeros = features.new_zeros(rnn.num_layers, features.shape[0], hidden)
+        recurrence = torch._VF.gru if self.architecture == "gru" else torch._VF.lstm  # what nn.GRU/LSTM call
+        state = zeros if self.architecture == "gru" else (zeros, zeros)
+        steps = features.transpose(0, 1).contiguous()  # (T, B, width)
+        out = recurrence(steps, state, weights, True, rnn.num_layers, rnn.dropout, self.training, False,
+                         False)[0]
+        return self._pool(out, lengths)
+
+    def _pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Time-major states (T, B, H) → (B, 3H + 1) pooled over each row's real events."""
         # Pool in float32 (a no-op on CPU): bf16 sums over hundreds of steps keep about three digits.
         out = out.float()
-        last_index = (lengths - 1).clamp(min=0)
-        last = out[torch.arange(batch, device=out.device), last_index]  # (B, H)
-        weights = mask.to(out.dtype).unsqueeze(-1)
-        mean = (out * weights).sum(1) / lengths.clamp(min=1).to(out.dtype).unsqueeze(-1)
-        peak = out.masked_fill(~mask.unsqueeze(-1), -1e4).amax(1)
+        batch = out.shape[1]
+        real = torch.arange(out.shape[0], device=out.device)[:, None] < lengths[None, :]  # (T, B)
+        last = out[(lengths - 1).clamp(min=0), torch.arange(batch, device=out.device)]  # (B, H)
+        mean = (out * real.unsqueeze(-1)).sum(0) / lengths.clamp(min=1).to(out.dtype).unsqueeze(-1)
+        # A (T, B, 1) penalty added, not masked_fill over (T, B, H); and max, whose backward scatters to the
+        # chosen step, not amax, whose backward compares every entry again: together 2.5× cheaper.
+        penalty = (~real).unsqueeze(-1).to(out.dtype) * -1e4
+        peak = (out + penalty).max(0).values
         # How much history there is says something itself (activity), which mean and max pooling lose.
         count = torch.log1p(lengths.to(out.dtype)).unsqueeze(-1) / 5
         pooled = torch.cat([last, mean, peak, count], dim=-1)  # (B, 3H + 1)
@@ -183,7 +232,8 @@ class DomainModel(nn.Module):
 
     def forward(self, batches: Mapping[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = [
-            sequence(events(batches[domain].categorical, batches[domain].dense), batches[domain].lengths)
+            sequence.forward_features(events.features(batches[domain].categorical, batches[domain].dense),
+                                      batches[domain].lengths, events.projection)
             for domain, events, sequence in zip(self.config.domains, self.events, self.sequences, strict=True)
         ]
         # float32 from the pooled states on (a no-op on CPU): bf16 logits keep ~3 digits, which ties scores

@@ -11,6 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
@@ -25,12 +26,31 @@ from anna_models.metrics import compute_metric, is_better
 from anna_models.sequences import TIME_FEATURES, Sequences
 
 Progress = Callable[..., None]
-PREDICT_BATCH = 512
+# Inference batches on CPU: up to PREDICT_BATCH rows and PREDICT_TOKENS_PER_THREAD padded events.
+# Sorted by length, short rows then share wide batches (per-step overhead amortised) while a batch's
+# precomputed input gates (tokens × 3 × hidden floats) stay near cache size: a 512-row cap alone ran
+# 20-40% slower on the demo's card transactions, and wider token budgets slower still.
+PREDICT_BATCH = 4096
+PREDICT_TOKENS_PER_THREAD = 32768
 # A GPU runs each time step in parallel across a batch's rows: wider batches, fewer sequential steps.
 PREDICT_BATCH_CUDA = 4096
 # Event tables may take at most this share of the GPU's free memory; larger ones stay on the host and
 # batches travel in pinned memory instead.
 DEVICE_TABLE_SHARE = 0.5
+
+
+def use_threads(threads: int) -> None:
+    """Run this process's torch work on ``threads`` threads (domains train in parallel processes).
+
+    Intra-op threads split each operation; inter-op threads would run independent operations side by
+    side, which eager training never asks for, so one is enough and leaves the cores to the other
+    domains' processes. PyTorch fixes the inter-op pool at its first parallel work; later calls keep it.
+    """
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already started (e.g. a second model in the same process): the pool it has stays
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -92,22 +112,38 @@ def model_config(seqs: Mapping[str, Sequences], manifests: Mapping[str, dict], p
 
 
 def _start_at_base_rate(model: DomainModel, y: np.ndarray) -> None:
-    """Set the head's bias to the class log-odds, so the first steps learn signal, not the base rate."""
+    """Set the head's bias to the class log-odds, so the first steps learn signal, not the base rate.
+
+    Rare classes get weights in the loss (``anna_models.imbalance``, kept in ``config.class_weights``);
+    the bias then starts at the weighted rates, which is where the weighted loss's optimum begins.
+    """
+    from anna_models.imbalance import class_weights
+
     config = model.config
-    if config.task_type == "binary" and len(y):
-        rate = float(np.clip(y.mean(), 1e-4, 1 - 1e-4))
-        model.head.bias.data.fill_(math.log(rate / (1 - rate)))
-    elif config.task_type == "multiclass" and len(y):
-        shares = np.bincount(y.astype(np.int64), minlength=config.n_outputs) / len(y)
-        model.head.bias.data.copy_(torch.as_tensor(np.log(np.clip(shares, 1e-4, None)), dtype=torch.float32))
+    if config.task_type not in ("binary", "multiclass") or not len(y):
+        return
+    labels = np.asarray(y).astype(np.int64)
+    n_classes = config.n_outputs if config.task_type == "multiclass" else 2
+    weights = class_weights(labels, config.task_type, n_classes)
+    config.class_weights = None if weights is None else weights.tolist()
+    shares = np.bincount(labels, minlength=n_classes) / len(labels) * (1.0 if weights is None else weights)
+    shares = np.clip(shares / shares.sum(), 1e-4, 1 - 1e-4)
+    if config.task_type == "binary":
+        model.head.bias.data.fill_(math.log(shares[1] / shares[0]))
+    else:
+        model.head.bias.data.copy_(torch.as_tensor(np.log(shares), dtype=torch.float32))
 
 
 def _loss(config: ModelConfig, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     outputs = outputs.float()
+    weights = None
+    if config.class_weights is not None and config.task_type in ("binary", "multiclass"):
+        weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=outputs.device)
     if config.task_type == "binary":
-        return F.binary_cross_entropy_with_logits(outputs[:, 0], target)
+        row_weight = None if weights is None else weights[target.long()]
+        return F.binary_cross_entropy_with_logits(outputs[:, 0], target, weight=row_weight)
     if config.task_type == "multiclass":
-        return F.cross_entropy(outputs, target.long())
+        return F.cross_entropy(outputs, target.long(), weight=weights)
     return F.mse_loss(outputs[:, 0], (target - config.target_mean) / config.target_std)
 
 
@@ -161,16 +197,34 @@ def train_domain_encoder(train: Sequences, y_train: np.ndarray, valid: Sequences
 def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapping[str, Sequences],
                 y_valid: np.ndarray, *, task_type: str, metric: str, classes: list,
                 manifests: Mapping[str, dict], params: TrainParams, progress: Progress | None = None,
-                device: str = "auto", seed: int = 0) -> tuple[DomainModel, list[dict[str, float]]]:
-    """Fit a model over the given domains (the same rows in each); see ``train_domain_encoder``."""
+                device: str = "auto", seed: int = 0, init: Mapping[str, torch.Tensor] | None = None,
+                should_stop: Callable[[list[dict[str, float]]], bool] | None = None,
+                ) -> tuple[DomainModel, list[dict[str, float]]]:
+    """Fit a model over the given domains (the same rows in each); see ``train_domain_encoder``.
+
+    ``init``: a partial state dict (e.g. a pretrained encoder's ``events.*`` and ``sequences.*``
+    weights) loaded over the fresh model before training; its keys must exist in the model. With
+    ``params.freeze_encoder`` the event and sequence encoders then stay as loaded.
+    ``should_stop(history)``: asked after every epoch; True ends training there (a search prunes a
+    trial this way). The best epoch's weights are returned either way.
+    """
     progress = progress or (lambda **_: None)
-    torch.set_num_threads(params.threads)
+    use_threads(params.threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
     config = model_config(train, manifests, params, task_type=task_type, classes=classes, y_train=y_train)
     model = DomainModel(config)
     _start_at_base_rate(model, np.asarray(y_train))
+    if init is not None:
+        missing = sorted(set(init) - set(model.state_dict()))
+        if missing:
+            raise ValueError(f"initial weights {missing[:3]} do not fit this model's shape")
+        model.load_state_dict(dict(init), strict=False)
+        if params.freeze_encoder:
+            for name, weight in model.named_parameters():
+                if name.startswith(("events.", "sequences.")):
+                    weight.requires_grad_(False)  # AdamW skips weights without gradients
     model = model.to(dev)
     # fused: one kernel for the whole update on CUDA instead of a few per parameter group.
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
@@ -195,11 +249,16 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
     for epoch in range(1, params.max_epochs + 1):
         model.train()
         plan = plan_batches(tables.lengths, batch_size=params.batch_size, rng=rng)
-        started, events = time.perf_counter(), 0
+        started, events, data_seconds = time.perf_counter(), 0, 0.0
         # Summed where the loss lives: reading it back every step would make the host wait for the GPU.
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         report_every = max(len(plan) // 10, 1)
-        for i, (rows, batches) in enumerate(tables.batches(plan)):
+        source = tables.batches(plan)
+        for i in range(len(plan)):
+            # The data path's own time, to show it never starves the model (history's "model_share").
+            fetched = time.perf_counter()
+            rows, batches = next(source)
+            data_seconds += time.perf_counter() - fetched
             events += int(tables.lengths[rows].sum())
             with _autocast(dev):
                 outputs, _ = model(batches)
@@ -219,7 +278,8 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
         value = compute_metric(metric, np.asarray(y_valid), to_scores(task_type, outputs_valid))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / max(len(target), 1),
                         "valid_metric": value, "seconds": seconds,
-                        "events_per_s": events / max(seconds, 1e-9)})
+                        "events_per_s": events / max(seconds, 1e-9),
+                        "model_share": 1.0 - data_seconds / max(seconds, 1e-9)})
         progress(epoch=epoch, max_epochs=params.max_epochs, metric=value, metric_name=metric, fraction=1.0)
         if is_better(metric, value, best_value):
             best_value, stale = value, 0
@@ -228,6 +288,8 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
             stale += 1
             if stale > params.patience:
                 break
+        if should_stop is not None and should_stop(history):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     return model.cpu().eval(), history
@@ -239,7 +301,9 @@ def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, ba
 
     ``seqs``: a domain model's Sequences, or {domain: Sequences} (same rows) for any model.
     The model runs on ``device`` and is handed back where it was. ``batch_size`` defaults to
-    ``PREDICT_BATCH`` (``PREDICT_BATCH_CUDA`` on a GPU); outputs do not depend on it beyond rounding.
+    ``PREDICT_BATCH`` (``PREDICT_BATCH_CUDA`` on a GPU); on CPU batches also hold at most
+    ``PREDICT_TOKENS_PER_THREAD`` padded events, and with several torch threads each thread runs whole
+    batches. Outputs do not depend on any of this beyond rounding.
     Returns (outputs: (N,) or (N, C) float32, embeddings: (N, hidden) float32).
     """
     config = model.config
@@ -253,17 +317,42 @@ def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, ba
     # Filled on the device and read back once: a read-back per batch would stall the GPU every batch.
     outputs_t = torch.zeros((n, config.n_outputs), dtype=torch.float32, device=dev)
     embeddings_t = torch.zeros((n, config.hidden), dtype=torch.float32, device=dev)
+    tokens = None if dev.type == "cuda" else PREDICT_TOKENS_PER_THREAD
+    plan = plan_batches(tables.lengths, batch_size=batch_size, max_tokens=tokens)
+
+    def run(rows: np.ndarray, batches: dict[str, Batch]) -> None:
+        with torch.inference_mode(), _autocast(dev):
+            out, emb = model(batches)
+            index = torch.from_numpy(rows).to(dev, non_blocking=True)
+            outputs_t[index] = out.float()
+            embeddings_t[index] = emb.float()
+
     try:
-        with torch.inference_mode():
-            for rows, batches in tables.batches(plan_batches(tables.lengths, batch_size=batch_size)):
-                with _autocast(dev):
-                    out, emb = model(batches)
-                index = torch.from_numpy(rows).to(dev, non_blocking=True)
-                outputs_t[index] = out.float()
-                embeddings_t[index] = emb.float()
+        threads = torch.get_num_threads()
+        if dev.type == "cpu" and threads > 1 and len(plan) > 1:
+            _on_threads(lambda rows: run(*next(tables.batches([rows]))), plan, threads)
+        else:
+            for rows, batches in tables.batches(plan):
+                run(rows, batches)
         outputs, embeddings = outputs_t.cpu().numpy(), embeddings_t.cpu().numpy()
     finally:
         model.to(home).train(was_training)
     if config.task_type == "regression":
         outputs = outputs * config.target_std + config.target_mean
     return (outputs if config.task_type == "multiclass" else outputs[:, 0]), embeddings
+
+
+def _on_threads(work: Callable[[np.ndarray], None], plan: list[np.ndarray], threads: int) -> None:
+    """``work(rows)`` for every planned batch, on ``threads`` Python threads of one torch thread each.
+
+    Batches are independent at inference: a thread per batch keeps each core in one recurrence from start
+    to end, while torch's own threads split every small per-step operation and meet at a barrier after
+    each, which stalls badly when other processes share the cores (10× slower at a load of 10 on 2 cores).
+    torch releases the GIL inside its operations. Longest batches first, so no thread is left with one.
+    """
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, plan[::-1]))  # list(): a worker's exception is raised here
+    finally:
+        torch.set_num_threads(threads)

@@ -102,3 +102,54 @@ def test_a_fusion_model_reads_each_domain_with_its_own_encoder() -> None:
     assert torch.allclose(changed[0], out[0]) and not torch.allclose(
         changed[2], out[2]
     )  # row 0 has no credit
+
+
+@pytest.mark.parametrize("architecture", ["gru", "lstm"])
+def test_the_folded_projection_computes_what_the_projection_then_the_recurrence_computes(
+    architecture: str,
+) -> None:
+    # hidden 32 > width / 1.5, so DomainModel folds the projection into the first layer's input weights.
+    torch.manual_seed(0)
+    encoder = EncoderConfig(categorical={"mcc": 20}, n_dense=5, architecture=architecture, hidden=32,
+                            layers=2)
+    model = DomainModel(ModelConfig(encoders={"card": encoder}, task_type="binary", n_outputs=1, hidden=16))
+    events, sequence = model.events[0], model.sequences[0]
+    batch = EventTable(small_sequences([6, 0, 13, 1])).batch(np.arange(4))
+    features = events.features(batch.categorical, batch.dense).detach()
+    assert features.shape[-1] < 1.5 * 32
+    model.eval()
+    plain = sequence(events.projection(features), batch.lengths)
+    folded = sequence.forward_features(features, batch.lengths, events.projection)
+    torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+    # The gradients reach the projection and the recurrence as they would unfolded.
+    grads = [torch.autograd.grad(out.square().sum(), [events.projection.weight, sequence.rnn.weight_ih_l0])
+             for out in (folded, sequence(events.projection(features), batch.lengths))]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_pooling_reads_only_real_events() -> None:
+    model = make_model()
+    sequence = model.sequences[0]
+    states = torch.randn(5, 2, 16)  # (T, B, H): row 0 has 5 events, row 1 has 2
+    states[2:, 1] = 99.0  # padding after row 1's events must not count
+    pooled = sequence._pool(states, torch.tensor([5, 2]))
+    last, mean, peak = pooled[:, :16], pooled[:, 16:32], pooled[:, 32:48]
+    torch.testing.assert_close(last[1], states[1, 1])
+    torch.testing.assert_close(mean[1], states[:2, 1].mean(0))
+    torch.testing.assert_close(peak[1], states[:2, 1].amax(0))
+    torch.testing.assert_close(peak[0], states[:, 0].amax(0))
+
+
+def test_training_dropout_masks_whole_features_of_a_row_over_time() -> None:
+    model = make_model()
+    events = model.events[0].train()
+    events.dropout.p = 0.5
+    batch = EventTable(small_sequences([30, 30])).batch(np.arange(2))
+    torch.manual_seed(0)
+    features = events.features(batch.categorical, batch.dense)
+    dropped = features == 0  # (B, T, width); an embedding or dense value is rarely exactly 0
+    assert dropped.any()
+    assert torch.equal(dropped.all(dim=1), dropped.any(dim=1))  # a feature is dropped at every step or none
+    events.eval()
+    assert not (events.features(batch.categorical, batch.dense) == 0).all(dim=1).any()

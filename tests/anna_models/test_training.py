@@ -63,6 +63,8 @@ def test_binary_encoder_learns_and_keeps_its_best_epoch() -> None:
     )
     assert 1 <= len(history) <= 3
     assert all(h["events_per_s"] > 0 for h in history)
+    # Forward, backward and the optimiser step take most of an epoch; producing batches the rest.
+    assert all(0.5 < h["model_share"] <= 1 for h in history)
     epoch_ends = [c for c in calls if c.get("metric_name") == "roc_auc"]
     assert [c["epoch"] for c in epoch_ends] == [h["epoch"] for h in history]
     outputs, embeddings = predict(model, seqs.take(valid))
@@ -194,3 +196,22 @@ def test_the_recurrence_pooling_and_head_stay_float32_under_bf16_autocast() -> N
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         outputs, embedding = model({"events": table.batch(np.arange(50))})
     assert outputs.dtype == embedding.dtype == torch.float32
+
+
+def test_predictions_on_several_threads_equal_those_on_one_and_the_thread_count_is_restored() -> None:
+    seqs, z = latent_task(600, seed=4)
+    y = (z > 0).astype(np.float32)
+    params = TrainParams(hidden=8, max_epochs=1, batch_size=64)
+    model, _ = train_domain_encoder(seqs, y, seqs, y, task_type="binary", metric="log_loss", classes=[0, 1],
+                                    manifest=MANIFEST, params=params, device="cpu")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_out, one_emb = predict(model, seqs, batch_size=32)
+        torch.set_num_threads(2)
+        two_out, two_emb = predict(model, seqs, batch_size=32)  # ~19 batches over two threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(two_out, one_out, atol=1e-6)
+    np.testing.assert_allclose(two_emb, one_emb, atol=1e-6)
