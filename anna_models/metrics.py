@@ -25,6 +25,7 @@ HIGHER_IS_BETTER = {
     "mae": False,
 }
 MAX_CURVE_POINTS = 200
+CALIBRATION_BINS = 10
 _EPS = 1e-7
 
 
@@ -136,8 +137,48 @@ def confusion(y_true: np.ndarray, predicted: np.ndarray, n_classes: int) -> list
     return skm.confusion_matrix(y_true, predicted, labels=np.arange(n_classes)).tolist()
 
 
+def calibration(y_true: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability curve and expected calibration error (ECE) of predicted probabilities.
+
+    ``p`` is P(class 1) (N,) with 0/1 ``y_true``, or class probabilities (N, C) with class indices, whose
+    top-class confidence is checked against accuracy. Rows fall in ``bins`` equal-width bins of the
+    predicted probability; each non-empty bin gives its rows, mean predicted and observed rate, and the
+    ECE is the rows-weighted mean |predicted - observed|: 0.01 means the probabilities are off by about
+    one percentage point.
+    """
+    y_true, p = np.asarray(y_true), np.asarray(p, dtype=np.float64)
+    if p.ndim == 2:
+        predicted, observed = p.max(1), (p.argmax(1) == y_true.astype(np.int64)).astype(np.float64)
+    else:
+        predicted, observed = p, y_true.astype(np.float64)
+    if len(predicted) == 0:
+        return {"ece": float("nan"), "bins": []}
+    which = np.minimum((predicted * bins).astype(np.int64), bins - 1)
+    rows = np.bincount(which, minlength=bins)
+    mean_predicted = np.bincount(which, weights=predicted, minlength=bins) / np.maximum(rows, 1)
+    rate = np.bincount(which, weights=observed, minlength=bins) / np.maximum(rows, 1)
+    ece = float(np.sum(rows * np.abs(mean_predicted - rate)) / len(predicted))
+    curve = [{"low": round(b / bins, 6), "high": round((b + 1) / bins, 6), "rows": int(rows[b]),
+              "mean_predicted": round(float(mean_predicted[b]), 6), "observed": round(float(rate[b]), 6)}
+             for b in range(bins) if rows[b]]
+    return {"ece": round(ece, 6), "bins": curve}
+
+
+def leaderboard(rows: list[dict], metric: str) -> list[dict]:
+    """Rows ({model, valid, test, ...}) best valid ``metric`` first, undefined (NaN/None) values last."""
+
+    def key(row: dict) -> float:
+        value = row.get("valid")
+        if value is None or not np.isfinite(value):
+            return np.inf
+        return -value if HIGHER_IS_BETTER[metric] else value
+
+    return [{"rank": i + 1, **row} for i, row in enumerate(sorted(rows, key=key))]
+
+
 def evaluation(task_type: str, y_true: np.ndarray, y_score: np.ndarray, *, curves: bool = False) -> dict:
-    """All metrics of the task type; with ``curves`` also ROC/PR/lift (binary) or the confusion matrix."""
+    """All metrics of the task type; with ``curves`` also ROC/PR/lift (binary) or the confusion matrix,
+    and for classification the calibration (reliability curve and ECE)."""
     result: dict = {"rows": int(len(y_true)), "metrics": all_metrics(task_type, y_true, y_score)}
     if curves and task_type == "binary":
         result["roc"] = roc_points(y_true, y_score)
@@ -145,4 +186,6 @@ def evaluation(task_type: str, y_true: np.ndarray, y_score: np.ndarray, *, curve
         result["lift"] = lift_by_decile(y_true, y_score)
     elif curves and task_type == "multiclass":
         result["confusion"] = confusion(y_true, np.asarray(y_score).argmax(1), np.asarray(y_score).shape[1])
+    if curves and task_type in ("binary", "multiclass"):
+        result["calibration"] = calibration(y_true, y_score)
     return result

@@ -1,9 +1,9 @@
 """ANNA's training pipeline as an Airflow DAG: one task per step of ``anna_models.pipeline``.
 
-validate_split → (extract → train) per domain, mapped over the run's domains → train_fusion → blend →
-evaluate → register. Each task calls exactly one step; the steps are idempotent, so a retried task
-resumes where its last try stopped. Parsing stays cheap: torch, pandas and ``anna_models`` are imported
-inside the tasks only.
+validate_split → (extract → train) per domain, mapped over the run's domains → train_fusion and
+train_lightgbm side by side → blend → evaluate → register. Each task calls exactly one step; the steps
+are idempotent, so a retried task resumes where its last try stopped. Parsing stays cheap: torch, pandas
+and ``anna_models`` are imported inside the tasks only.
 
 A DAG run carries its ANNA run in its conf (the backend's ``AirflowOrchestrator`` sends exactly this)::
 
@@ -124,6 +124,11 @@ def anna_training() -> None:
         run_step("train_fusion", threads_of="fusion")
 
     @task
+    def train_lightgbm() -> None:
+        # LightGBM on aggregates uses one thread and no encoder slot.
+        run_step("train_lightgbm")
+
+    @task
     def blend() -> None:
         run_step("blend")
 
@@ -136,7 +141,7 @@ def anna_training() -> None:
         run_step("register")
 
     domains = per_domain.expand(domain=validate_split())
-    domains >> train_fusion() >> blend() >> evaluate() >> register()
+    domains >> [train_fusion(), train_lightgbm()] >> blend() >> evaluate() >> register()
 
 
 anna_training()

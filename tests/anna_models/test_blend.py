@@ -1,13 +1,15 @@
-"""The blender: combines domains better than any one, scores clients missing a domain, round-trips."""
+"""The blender: combines domains better than any one, scores clients missing a domain, round-trips, keeps
+the best single model when the blend cross-validates worse, and gives calibrated probabilities."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from anna_models.blend import Blender
-from anna_models.metrics import compute_metric
+from anna_models.metrics import calibration, compute_metric
 
 
 def two_domains(n: int, seed: int) -> tuple[dict, dict, np.ndarray, np.ndarray]:
@@ -66,3 +68,64 @@ def test_multiclass_and_regression_blends() -> None:
     assert (
         compute_metric("r2", target, reg.predict(outputs, present)) > 0.7
     )  # ~0.78 at best: b is often missing
+
+
+def test_the_blend_is_kept_when_it_cross_validates_better_and_the_choice_is_recorded(tmp_path: Path) -> None:
+    outputs, present, truth, u = two_domains(3000, seed=2)
+    y = (u < 1 / (1 + np.exp(-truth))).astype(int)
+    blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="roc_auc")
+    choice = blender.choice
+    assert choice["kind"] == "blend" and blender.inputs == ["card", "credit"]
+    assert choice["metric"] == "roc_auc"
+    assert set(choice["cv"]) == {"blend", "card", "credit"} and choice["folds"] == 5
+    assert choice["cv"]["blend"] > max(choice["cv"]["card"], choice["cv"]["credit"]) + 0.03
+    blender.save(tmp_path / "b.json")
+    assert Blender.load(tmp_path / "b.json").choice == choice
+
+
+def test_the_best_single_model_is_kept_when_the_blend_cross_validates_worse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs, present, truth, u = two_domains(2000, seed=3)
+    y = (u < 1 / (1 + np.exp(-truth))).astype(int)
+    scores = {("card", "credit"): 0.70, ("card",): 0.72, ("credit",): 0.65}  # as if the blend overfit
+    monkeypatch.setattr(Blender, "_cross_validate",
+                        lambda self, o, p, y, folds, names, metric: scores[tuple(names)])
+    blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="roc_auc")
+    assert blender.choice["kind"] == "single" and blender.inputs == ["card"]
+    assert blender.choice["cv"] == {"blend": 0.70, "card": 0.72, "credit": 0.65}
+    p = blender.predict(outputs, present)
+    noise = {**outputs, "credit": np.random.default_rng(0).normal(size=2000)}
+    np.testing.assert_array_equal(blender.predict(noise, present), p)  # the other model is not read
+    # It is still calibrated: the chosen model's logits are refit on the held-out rows.
+    assert abs(p.mean() - y.mean()) < 0.01
+    blender.save(tmp_path / "b.json")
+    np.testing.assert_array_equal(Blender.load(tmp_path / "b.json").predict(outputs, present), p)
+
+    # Lower-is-better metrics choose the smallest score.
+    losses = {("card", "credit"): 0.50, ("card",): 0.52, ("credit",): 0.49}
+    monkeypatch.setattr(Blender, "_cross_validate",
+                        lambda self, o, p, y, folds, names, metric: losses[tuple(names)])
+    blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="log_loss")
+    assert blender.inputs == ["credit"]
+
+
+def test_blended_probabilities_are_calibrated_from_miscalibrated_models() -> None:
+    """Inputs as a class-weighted model gives them (logits shifted up, overconfident): the blender, fit on
+    held-out rows, maps them to probabilities whose reliability curve follows the diagonal."""
+    outputs, present, truth, u = two_domains(12000, seed=4)
+    y = (u < 1 / (1 + np.exp(-(truth - 1.5)))).astype(int)  # base rate ~25%
+    skewed = {d: 2.0 * o + 1.5 for d, o in outputs.items()}
+    fit, hold = np.arange(6000), np.arange(6000, 12000)
+    blender = Blender("binary", ["card", "credit"]).fit(
+        {d: o[fit] for d, o in skewed.items()}, {d: p[fit] for d, p in present.items()}, y[fit]
+    )
+    p = blender.predict({d: o[hold] for d, o in skewed.items()}, {d: q[hold] for d, q in present.items()})
+    raw = 1 / (1 + np.exp(-skewed["card"][hold]))
+    assert calibration(y[hold], raw)["ece"] > 0.15
+    result = calibration(y[hold], p)
+    assert result["ece"] < 0.02
+    assert sum(b["rows"] for b in result["bins"]) == len(hold)
+    for b in result["bins"]:
+        if b["rows"] >= 300:
+            assert abs(b["mean_predicted"] - b["observed"]) < 0.05, b

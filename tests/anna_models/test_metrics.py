@@ -9,9 +9,11 @@ from anna_models.config import METRICS
 from anna_models.metrics import (
     HIGHER_IS_BETTER,
     all_metrics,
+    calibration,
     compute_metric,
     evaluation,
     is_better,
+    leaderboard,
     lift_by_decile,
     pr_points,
     roc_points,
@@ -72,3 +74,27 @@ def test_evaluation_per_task_type() -> None:
     assert set(report["metrics"]) == set(METRICS["multiclass"])
     assert np.sum(report["confusion"]) == 300
     assert set(all_metrics("regression", rng.normal(size=50), rng.normal(size=50))) == {"rmse", "mae", "r2"}
+
+
+def test_calibration_compares_predicted_and_observed_rates_per_bin() -> None:
+    # 100 rows predicted 0.2, of which 20 happen; 100 rows predicted 0.9, of which 60 happen.
+    p = np.r_[np.full(100, 0.2), np.full(100, 0.9)]
+    y = np.r_[np.ones(20), np.zeros(80), np.ones(60), np.zeros(40)]
+    result = calibration(y, p)
+    assert [(b["low"], b["rows"], b["mean_predicted"], b["observed"]) for b in result["bins"]] == [
+        (0.2, 100, 0.2, 0.2), (0.9, 100, 0.9, 0.6)]
+    assert result["ece"] == pytest.approx(0.15)  # half the rows are off by 0.3
+    assert calibration(np.array([0, 1]), np.array([0.0, 1.0]))["ece"] == 0  # p = 1 falls in the last bin
+    # Multiclass: the top class's confidence against how often it is right.
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.7, 0.2], [0.2, 0.1, 0.7], [0.7, 0.1, 0.2]])
+    assert calibration(np.array([0, 1, 0, 1]), probs)["ece"] == pytest.approx(0.2)
+    assert "calibration" in evaluation("binary", y, p, curves=True)
+    assert "calibration" not in evaluation("regression", y, p, curves=True)
+
+
+def test_leaderboard_puts_the_best_valid_first_whatever_the_direction() -> None:
+    rows = [{"model": "a", "valid": 0.7}, {"model": "b", "valid": float("nan")}, {"model": "c", "valid": 0.8},
+            {"model": "d", "valid": None}]
+    assert [r["model"] for r in leaderboard(rows, "roc_auc")] == ["c", "a", "b", "d"]
+    assert [r["rank"] for r in leaderboard(rows, "roc_auc")] == [1, 2, 3, 4]
+    assert [r["model"] for r in leaderboard(rows, "log_loss")] == ["a", "c", "b", "d"]

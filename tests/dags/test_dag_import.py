@@ -70,8 +70,9 @@ def test_tasks_are_the_pipeline_steps_in_order(parsed: dict[str, Any]) -> None:
     assert downstream == {
         "validate_split": ["extract"],
         "extract": ["train"],
-        "train": ["train_fusion"],
+        "train": ["train_fusion", "train_lightgbm"],
         "train_fusion": ["blend"],
+        "train_lightgbm": ["blend"],
         "blend": ["evaluate"],
         "evaluate": ["register"],
         "register": [],
