@@ -38,6 +38,12 @@ class TrainParams:
     max_epochs: int = 10
     patience: int = 3
     threads: int = 1  # torch threads per domain process
+    # With pretrained weights (train_model's init): keep the event and sequence encoders as pretrained and
+    # train only the embedding and head; epochs take less than half as long (no gradient through the encoder).
+    freeze_encoder: bool = False
+    # Seconds per domain for the AutoML search of the encoder (anna_models.automl); 0 trains only these
+    # params. The given params always train to the end; further trials run while the budget lasts.
+    search_budget_s: float = 150.0
 
     @classmethod
     def for_domain(cls, params: dict[str, Any], domain: str, base: dict[str, Any] | None = None

@@ -30,6 +30,7 @@ from anna_models.steps import idempotent, write_json
 from anna_models.steps import marker_path as marker_path  # re-exported: callers use pipeline.marker_path
 
 FUSION = "fusion"  # the model over all domains; no domain may take this name
+LIGHTGBM = "lightgbm"  # LightGBM on every domain's aggregates; reserved too
 
 
 def step_name(step: Callable, domain: str | None = None) -> str:
@@ -46,8 +47,9 @@ def validate_split(ctx: StepContext) -> dict:
     if cfg.task_type not in TASK_TYPES or cfg.metric not in METRICS[cfg.task_type]:
         raise ValueError(f"metric {cfg.metric!r} does not fit task type {cfg.task_type!r}; "
                          f"choose one of {METRICS.get(cfg.task_type)}")
-    if FUSION in cfg.domains:
-        raise ValueError(f"{FUSION!r} is reserved for the model over all domains; rename that domain")
+    for reserved in (FUSION, LIGHTGBM):
+        if reserved in cfg.domains:
+            raise ValueError(f"{reserved!r} is reserved for a model over all domains; rename that domain")
     sample, info = prepare_split(pd.read_parquet(cfg.sample_path), cfg.task_type, cfg.seed)
     tmp = ctx.run_dir / ".split.parquet.tmp"
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,7 @@ def extract(ctx: StepContext, domain: str) -> dict:
     for part in PARTS:
         rows = split[split["part"] == part]
         seqs = extract_sequences(mart, rows["client_id"].to_numpy(), rows["report_date"].to_numpy(),
-                                 params.max_len)
+                                 params.max_len, threads=params.threads)
         seqs.save(out / f"{part}.npz")
         empty = int((seqs.lengths == 0).sum())
         summary[part] = {"rows": seqs.n_rows, "events": seqs.n_events, "empty": empty}
@@ -142,25 +144,43 @@ def _targets(ctx: StepContext) -> dict[str, np.ndarray]:
 
 @idempotent
 def train(ctx: StepContext, domain: str) -> dict:
-    """Train the domain encoder on train rows (early stopping on valid); predict valid and test rows."""
-    from anna_models.training import train_domain_encoder
+    """Search the domain encoder (anna_models.automl: trials on train rows, early stopping and choice on
+    valid); save the chosen model, models/<domain>/trials.json, and predictions for valid and test rows."""
+    from anna_models.automl import find_pretrained_encoder, search
 
     cfg = ctx.config
     seqs, manifest = _load_extracts(ctx, domain)
     y, params, name = _targets(ctx), domain_params(ctx, domain), step_name(train, domain)
-    model, history = train_domain_encoder(
-        seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
-        classes=read_split(ctx.run_dir)[1]["classes"], manifest=manifest, params=params, device=ctx.device,
-        seed=cfg.seed, progress=lambda **fields: ctx.progress(name, state="running", **fields),
+    split, info = read_split(ctx.run_dir)
+    out = ctx.run_dir / "models" / domain
+
+    def report(**fields: Any) -> None:
+        ctx.progress(name, state="running", **fields)
+
+    pretrained = None
+    if params.search_budget_s > 0:
+        # Pretrained only on events before every report date of the sample, so no row sees its own future.
+        earliest = str(split["report_date"].min().date())
+        pretrained = find_pretrained_encoder(cfg.tracking_uri, domain, manifest=manifest,
+                                             earliest_report_date=earliest, progress=report)
+    result = search(
+        {domain: seqs["train"]}, y["train"], {domain: seqs["valid"]}, y["valid"], task_type=cfg.task_type,
+        metric=cfg.metric, classes=info["classes"], manifests={domain: manifest}, params=params,
+        device=ctx.device, seed=cfg.seed, pretrained=pretrained, progress=report,
+        on_trial=lambda trials: write_json(out / "trials.json", trials),
     )
-    write_json(ctx.run_dir / "models" / domain / "manifest.json", manifest)
-    summary = _save_model(ctx, domain, model, history, params, seqs)
-    return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, **summary}
+    write_json(out / "manifest.json", manifest)
+    summary = _save_model(ctx, domain, result.model, result.history, result.params, seqs)
+    write_json(out / "trials.json", result.to_json(metric=cfg.metric, budget_s=params.search_budget_s))
+    chosen = result.trials[result.chosen]
+    return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, **summary,
+            "trials": len(result.trials), "chosen": chosen.label()}
 
 
 def model_names(domains: list[str]) -> list[str]:
-    """The models a run trains and blends: one per domain, plus the fusion model when there are several."""
-    return [*domains, FUSION] if len(domains) > 1 else list(domains)
+    """The models a run trains and blends: one per domain, the fusion model when there are several, and
+    LightGBM on the domains' aggregates."""
+    return [*domains, FUSION, LIGHTGBM] if len(domains) > 1 else [*domains, LIGHTGBM]
 
 
 @idempotent
@@ -189,6 +209,42 @@ def train_fusion(ctx: StepContext) -> dict:
     return {"train_rows": len(y["train"]), **_save_model(ctx, FUSION, model, history, params, seqs)}
 
 
+@idempotent
+def train_lightgbm(ctx: StepContext) -> dict:
+    """Train LightGBM on every domain's automatic aggregates (train rows; early stopping on a client-grouped
+    share of them, so valid stays held out for the blender) and write its raw outputs for valid and test
+    rows to models/lightgbm/predictions.parquet, as the encoders do."""
+    from anna_models.boosting import AggregateModel, train_aggregate_model
+
+    cfg = ctx.config
+    loaded = {d: _load_extracts(ctx, d) for d in cfg.domains}
+    split, info = read_split(ctx.run_dir)
+    train_rows = split[split["part"] == "train"]
+    name, out = step_name(train_lightgbm), ctx.run_dir / "models" / LIGHTGBM
+    model, history = train_aggregate_model(
+        {d: loaded[d][0]["train"] for d in cfg.domains}, train_rows["y"].to_numpy(),
+        client_id=train_rows["client_id"].to_numpy(), task_type=cfg.task_type, metric=cfg.metric,
+        classes=info["classes"], features={d: loaded[d][1].get("features", {}) for d in cfg.domains},
+        params=cfg.params.get(LIGHTGBM), seed=cfg.seed,
+        progress=lambda **fields: ctx.progress(name, state="running", **fields),
+    )
+    model.save(out)
+    model = AggregateModel.load(out)  # score with the saved model, exactly as the packaged ensemble will
+    write_json(out / "history.json", history)
+    write_json(out / "importance.json", model.importance())
+    frames = []
+    for part in ("valid", "test"):
+        seqs = {d: loaded[d][0][part] for d in cfg.domains}
+        outputs = model.predict(seqs).reshape(seqs[cfg.domains[0]].n_rows, -1)
+        columns = {"row": split.loc[split["part"] == part, "row"].to_numpy(), "part": part,
+                   "length": sum(s.lengths for s in seqs.values())}
+        columns.update({f"out_{k}": outputs[:, k] for k in range(outputs.shape[1])})
+        frames.append(pd.DataFrame(columns))
+    pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
+    return {"train_rows": len(train_rows), "rounds": model.rounds, "columns": len(model.columns),
+            "class_weights": model.class_weights}
+
+
 # ---------------------------------------------------------------- blend, evaluate
 
 
@@ -208,7 +264,8 @@ def domain_predictions(run_dir: Path, domains: list[str]) -> tuple[pd.DataFrame,
 
 @idempotent
 def blend(ctx: StepContext) -> dict:
-    """Fit the blender on valid rows only; write blend/blender.json and blended scores for valid and test."""
+    """Fit the blender on valid rows only (blend of every model, or the best one alone if it cross-validates
+    better there); write blend/blender.json and blended scores for valid and test."""
     from anna_models.blend import Blender
 
     cfg = ctx.config
@@ -220,7 +277,7 @@ def blend(ctx: StepContext) -> dict:
     n_classes = max(len(info["classes"]), 2)
     blender = Blender(task_type=cfg.task_type, domains=names, n_classes=n_classes)
     blender.fit({d: o[fit] for d, o in outputs.items()}, {d: p[fit] for d, p in present.items()}, y[fit],
-                seed=cfg.seed)
+                seed=cfg.seed, metric=cfg.metric)
     out = ctx.run_dir / "blend"
     out.mkdir(parents=True, exist_ok=True)
     blender.save(out / "blender.json")
@@ -229,7 +286,8 @@ def blend(ctx: StepContext) -> dict:
     for k in range(scores.shape[1]):
         frame[f"score_{k}"] = scores[:, k]
     frame.to_parquet(out / "predictions.parquet", index=False)
-    return {"fit_parts": ["valid"], "fit_rows": int(fit.sum()), "chosen_regularisation": blender.chosen}
+    return {"fit_parts": ["valid"], "fit_rows": int(fit.sum()), "chosen_regularisation": blender.chosen,
+            "choice": blender.choice.get("kind"), "inputs": blender.inputs}
 
 
 def _scores(task_type: str, values: np.ndarray) -> np.ndarray:
@@ -253,12 +311,21 @@ def evaluate(ctx: StepContext) -> dict:
     for name in names:
         history = json.loads((ctx.run_dir / "models" / name / "history.json").read_text())
         entry: dict[str, Any] = {"history": history, "epochs": len(history)}
+        trials_path = ctx.run_dir / "models" / name / "trials.json"
+        if trials_path.exists():  # the AutoML search's trials (domain encoders only)
+            search = json.loads(trials_path.read_text())
+            entry["trials"] = [{**t, "chosen": t["number"] == search["chosen"]} for t in search["trials"]]
         for part in ("valid", "test"):
             mask = (rows["part"] == part).to_numpy()
             scores = to_scores(cfg.task_type, _scores(cfg.task_type, outputs[name][mask]))
             entry[part] = evaluation(cfg.task_type, y[mask], scores)
             entry[part]["coverage"] = float(present[name][mask].mean())
-        if name == FUSION:
+        if name == LIGHTGBM:
+            folder = ctx.run_dir / "models" / LIGHTGBM
+            entry["epochs"] = json.loads((folder / "booster.json").read_text())["rounds"]
+            entry["top_features"] = json.loads((folder / "importance.json").read_text())
+            report[LIGHTGBM] = entry
+        elif name == FUSION:
             report[FUSION] = entry
         else:
             report["domains"][name] = entry
@@ -269,8 +336,31 @@ def evaluate(ctx: StepContext) -> dict:
         scores = _scores(cfg.task_type, blended.loc[mask, score_columns].to_numpy())
         report["blend"][part] = evaluation(cfg.task_type, y[mask], scores, curves=True)
     report["blender"] = json.loads((ctx.run_dir / "blend" / "blender.json").read_text())
+    report["leaderboard"] = _leaderboard(report, names)
     write_json(ctx.run_dir / "report.json", report)
     return {"test": report["blend"]["test"]["metrics"]}
+
+
+def model_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
+    """A model's section of report.json: ``report[name]`` for fusion and LightGBM, else its domain's."""
+    return report[name] if name in (FUSION, LIGHTGBM) else report["domains"][name]
+
+
+def _leaderboard(report: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """Every model and the blend by the run's metric, best valid first. The blender was fit on the valid
+    rows, so its valid figure is the out-of-fold one from its cross-validation there."""
+    from anna_models.metrics import leaderboard
+
+    metric = report["metric"]
+    rows = [{"model": name, "kind": name if name in (FUSION, LIGHTGBM) else "domain",
+             "valid": model_entry(report, name)["valid"]["metrics"][metric],
+             "test": model_entry(report, name)["test"]["metrics"][metric]} for name in names]
+    choice = report["blender"].get("choice") or {}
+    chosen = "blend" if choice.get("kind", "blend") == "blend" else choice["inputs"][0]
+    valid = (choice.get("cv") or {}).get(chosen, report["blend"]["valid"]["metrics"][metric])
+    rows.append({"model": "blend", "kind": "blend", "valid": valid,
+                 "test": report["blend"]["test"]["metrics"][metric], "inputs": choice.get("inputs", names)})
+    return leaderboard(rows, metric)
 
 
 def _metrics_by_part(entry: dict[str, Any]) -> dict[str, float]:
@@ -289,20 +379,33 @@ def _log_to_mlflow(ctx: StepContext) -> dict:
                 "models": model_names(cfg.domains), "marts_root": cfg.marts_root, "run_id": cfg.run_id,
                 "max_len": {d: domain_params(ctx, d).max_len for d in cfg.domains}, "mart_versions": versions}
     folder = package_ensemble(ctx.run_dir, ctx.run_dir / "package", ensemble=ensemble)
-    children = [{"name": d, "params": domain_params(ctx, d).__dict__, "metrics": _metrics_by_part(entry),
-                 "history": entry["history"]} for d, entry in report["domains"].items()]
+    # The chosen trial's params (params.json), and every trial of the search as a run nested in the domain's.
+    children = [{"name": d, "params": json.loads((ctx.run_dir / "models" / d / "params.json").read_text()),
+                 "metrics": _metrics_by_part(entry), "history": entry["history"],
+                 "trials": entry.get("trials", [])} for d, entry in report["domains"].items()]
     if FUSION in report:
         children.append({"name": FUSION, "params": TrainParams.for_domain(cfg.params, FUSION).__dict__,
                          "metrics": _metrics_by_part(report[FUSION]), "history": report[FUSION]["history"]})
-    blender = {"regularisation": report["blender"]["chosen"], "inputs": ",".join(model_names(cfg.domains))}
-    children.append({"name": "blender", "params": blender, "metrics": _metrics_by_part(report["blend"])})
+    if LIGHTGBM in report:
+        booster = json.loads((ctx.run_dir / "models" / LIGHTGBM / "booster.json").read_text())
+        settings = {**booster["params"], "rounds": booster["rounds"], "columns": len(booster["columns"])}
+        children.append({"name": LIGHTGBM, "params": settings, "metrics": _metrics_by_part(report[LIGHTGBM]),
+                         "history": report[LIGHTGBM]["history"]})
+    choice = report["blender"].get("choice") or {}
+    blender = {"regularisation": report["blender"]["chosen"], "offered": ",".join(model_names(cfg.domains)),
+               "inputs": ",".join(report["blender"].get("inputs") or model_names(cfg.domains)),
+               "choice": choice.get("kind", "blend")}
+    blender_metrics = {**_metrics_by_part(report["blend"]),
+                       **{f"cv_{name}": v for name, v in (choice.get("cv") or {}).items()}}
+    children.append({"name": "blender", "params": blender, "metrics": blender_metrics})
     params = {"task_type": cfg.task_type, "metric": cfg.metric, "domains": ",".join(cfg.domains),
               "seed": cfg.seed, "sample_fingerprint": cfg.sample_fingerprint,
               "split": report["split"]["kind"], **{f"mart_version.{d}": v for d, v in versions.items()}}
     metrics = _metrics_by_part(report["blend"])
     for name in model_names(cfg.domains):
-        entry = report[FUSION] if name == FUSION else report["domains"][name]
-        metrics.update({f"{name}.{k}": v for k, v in _metrics_by_part(entry).items()})
+        metrics.update({f"{name}.{k}": v for k, v in _metrics_by_part(model_entry(report, name)).items()})
+    if "calibration" in report["blend"]["test"]:
+        metrics["test_ece"] = report["blend"]["test"]["calibration"]["ece"]
     registered = log_run(
         tracking_uri=cfg.tracking_uri, experiment=cfg.task_name, run_name=f"anna-run-{cfg.run_id}",
         tags={"anna.run_id": str(cfg.run_id), "anna.task_type": cfg.task_type}, params=params,
@@ -324,7 +427,7 @@ def register(ctx: StepContext) -> str:
 
 PRE: list[Callable[[StepContext], None]] = [validate_split]
 PER_DOMAIN: list[Callable[[StepContext, str], None]] = [extract, train]
-POST: list[Callable[[StepContext], Any]] = [train_fusion, blend, evaluate, register]
+POST: list[Callable[[StepContext], Any]] = [train_fusion, train_lightgbm, blend, evaluate, register]
 
 
 def step_names(domains: list[str]) -> list[str]:

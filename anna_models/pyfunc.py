@@ -22,14 +22,14 @@ import pandas as pd
 
 ENSEMBLE_FILE = "ensemble.json"
 MARTS_ENV = "ANNA_MARTS_ROOT"
-REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pyarrow", "scikit-learn", "cloudpickle")
+REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pyarrow", "scikit-learn", "cloudpickle", "lightgbm")
 
 
 def package_ensemble(run_dir: Path, out_dir: Path, *, ensemble: dict[str, Any]) -> Path:
     """Copy a run's domain models and blender into ``out_dir`` and describe them in ensemble.json.
 
-    ``ensemble`` holds task_type, classes, domains, models (the domains' and the fusion model, if
-    any: what the blender reads), max_len (per domain) and marts_root.
+    ``ensemble`` holds task_type, classes, domains, models (the domains', the fusion model, if any, and
+    LightGBM on the aggregates: what the blender reads), max_len (per domain) and marts_root.
     """
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -38,8 +38,8 @@ def package_ensemble(run_dir: Path, out_dir: Path, *, ensemble: dict[str, Any]) 
         source = Path(run_dir) / "models" / model
         target = out_dir / "models" / model
         target.mkdir()
-        for name in ("model.pt", "model.json", "manifest.json"):
-            if (source / name).exists():  # the fusion model has no mart manifest of its own
+        for name in ("model.pt", "model.json", "manifest.json", "booster.txt", "booster.json"):
+            if (source / name).exists():  # each kind of model has its own files
                 shutil.copy2(source / name, target / name)
     shutil.copy2(Path(run_dir) / "blend" / "blender.json", out_dir / "blender.json")
     (out_dir / ENSEMBLE_FILE).write_text(json.dumps(ensemble, indent=2))
@@ -55,7 +55,7 @@ class Ensemble:
 
     folder: Path
     spec: dict[str, Any]
-    models: dict[str, Any]  # domain (or "fusion") -> DomainModel
+    models: dict[str, Any]  # domain (or "fusion") -> DomainModel; "lightgbm" -> AggregateModel
     blender: Any  # Blender
 
     @property
@@ -90,9 +90,12 @@ class Ensemble:
         }
         outputs, present = {}, {}
         for name, model in self.models.items():
-            # A domain's model reads its own sequences; the fusion model reads every domain's.
-            reads = [name] if name in seqs else model.config.domains
-            outputs[name], _ = predict(model, seqs[name] if name in seqs else {d: seqs[d] for d in reads})
+            # A domain's model reads its own sequences; the fusion and LightGBM models read every domain's.
+            reads = [name] if name in seqs else model.domains if _is_booster(model) else model.config.domains
+            if _is_booster(model):
+                outputs[name] = model.predict({d: seqs[d] for d in reads})
+            else:
+                outputs[name], _ = predict(model, seqs[name] if name in seqs else {d: seqs[d] for d in reads})
             present[name] = sum(seqs[d].lengths for d in reads) > 0
         return outputs, present
 
@@ -120,14 +123,27 @@ class Ensemble:
         return result
 
 
+def _is_booster(model: Any) -> bool:
+    from anna_models.boosting import AggregateModel
+
+    return isinstance(model, AggregateModel)
+
+
+def _load_model(folder: Path) -> Any:
+    """A packaged model: LightGBM on aggregates (booster.json) or an encoder model (model.json)."""
+    from anna_models.boosting import SPEC_FILE, AggregateModel
+    from anna_models.encoders import DomainModel
+
+    return AggregateModel.load(folder) if (folder / SPEC_FILE).exists() else DomainModel.load(folder)
+
+
 def load_ensemble(folder: Path | str) -> Ensemble:
     """Load a packaged ensemble without MLflow (fast path for batch scoring and tests)."""
     from anna_models.blend import Blender
-    from anna_models.encoders import DomainModel
 
     folder = Path(folder)
     spec = json.loads((folder / ENSEMBLE_FILE).read_text())
-    models = {m: DomainModel.load(folder / "models" / m) for m in spec.get("models", spec["domains"])}
+    models = {m: _load_model(folder / "models" / m) for m in spec.get("models", spec["domains"])}
     return Ensemble(folder=folder, spec=spec, models=models, blender=Blender.load(folder / "blender.json"))
 
 
@@ -224,6 +240,28 @@ def _registered_by_earlier_attempt(
     return None
 
 
+def _log_trial(experiment_id: str, parent_name: str, trial: dict[str, Any], tags: dict[str, str]) -> None:
+    """One AutoML trial (anna_models.automl) as a run nested in its domain's run: params, the valid
+    metric per epoch, and its state and start (scratch or a pretrained encoder's name) as tags."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    trial_tags = {**tags, "anna.trial_state": str(trial["state"]), "anna.trial_init": str(trial["init"]),
+                  "anna.trial_chosen": str(bool(trial.get("chosen")))}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{parent_name} trial {trial['number']}",
+                          nested=True, tags=trial_tags) as run:
+        now = int(time.time() * 1000)
+        summary = _finite({"best_valid_metric": trial.get("best_valid_metric"), "seconds": trial["seconds"]})
+        curve = _finite({str(e): v for e, v in enumerate(trial.get("valid_metric", []), start=1)})
+        metrics = [Metric(k, v, now, 0) for k, v in summary.items()]
+        metrics += [Metric("valid_metric", v, now, int(epoch)) for epoch, v in curve.items()]
+        # One batch per trial: a search logs dozens of trials, and a call per epoch adds up on a server.
+        mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics,
+                                        params=[Param(k, str(v)) for k, v in trial["params"].items()])
+
+
 def log_run(
     *,
     tracking_uri: str,
@@ -240,7 +278,8 @@ def log_run(
     """Log a parent run (params, metrics, artifacts), one nested run per child, and the ensemble as one
     pyfunc model registered under ``registered_name``. Returns {mlflow_run_id, model_uri, model_version, ...}.
 
-    Each child is {name, params, metrics, history?}; history entries become per-epoch metric steps.
+    Each child is {name, params, metrics, history?, trials?}; history entries become per-epoch metric
+    steps, and each trial (anna_models.automl) a run nested in the child's.
     """
     import mlflow
 
@@ -272,6 +311,8 @@ def log_run(
                 for entry in child.get("history", []):
                     step = int(entry.get("epoch", 0))
                     mlflow.log_metrics(_finite({k: v for k, v in entry.items() if k != "epoch"}), step=step)
+                for trial in child.get("trials", []):
+                    _log_trial(experiment_id, child["name"], trial, tags)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=AnnaEnsemble(),

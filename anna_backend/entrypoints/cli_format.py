@@ -156,6 +156,14 @@ def report_metric_table(content: dict[str, Any]) -> tuple[list[str], list[list[A
     return ["model", "rows", *names, "coverage"], rows
 
 
+def leaderboard_table(content: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the report's leaderboard: every model and the blend, best valid metric first."""
+    metric = content.get("metric") or "metric"
+    rows = [[entry.get("model"), entry.get("kind"), entry.get("valid"), entry.get("test")]
+            for entry in content.get("leaderboard") or []]
+    return ["model", "kind", f"valid {metric}", f"test {metric}"], rows
+
+
 def runs_table(listed: list[dict[str, Any]], metric_of: dict[Any, str]) -> str:
     """The ``anna runs`` table: one row per run with its blended test metric, creation time and duration."""
     rows = []
@@ -172,6 +180,29 @@ def runs_table(listed: list[dict[str, Any]], metric_of: dict[Any, str]) -> str:
             )
         )
     return table(["id", "task", "state", "attempt", "test metric", "created", "duration"], rows)
+
+
+def trials_tables(content: dict[str, Any]) -> list[str]:
+    """One table per domain of its AutoML trials (report.json's ``trials``), the chosen one marked."""
+    metric = content.get("metric") or "metric"
+    tables = []
+    for domain, entry in (content.get("domains") or {}).items():
+        trials = entry.get("trials") or []
+        if len(trials) < 2:
+            continue  # no search ran (budget 0): nothing to choose between
+        rows = []
+        for trial in trials:
+            params = trial.get("params") or {}
+            layers = params.get("layers", 1)
+            depth = f"x{layers}" if layers > 1 else ""
+            encoder = f"{params.get('architecture')} {params.get('hidden')}{depth}"
+            seconds = f"{trial.get('seconds') or 0:.0f}"
+            chosen = "chosen" if trial.get("chosen") else ""
+            rows.append([trial.get("number"), encoder, trial.get("init"), trial.get("state"),
+                         trial.get("epochs"), seconds, trial.get("best_valid_metric"), chosen])
+        headers = ["trial", "encoder", "start", "state", "epochs", "seconds", f"valid {metric}", ""]
+        tables.append(f"AutoML trials, {domain}\n{table(headers, rows)}")
+    return tables
 
 
 def print_report(run_id: int, run: dict[str, Any], content: dict[str, Any]) -> None:
@@ -192,6 +223,17 @@ def print_report(run_id: int, run: dict[str, Any], content: dict[str, Any]) -> N
     header, rows = report_metric_table(content)
     click.echo("\ntest metrics")
     click.echo(table(header, rows))
+    header, rows = leaderboard_table(content)
+    if rows:
+        choice = (content.get("blender") or {}).get("choice") or {}
+        inputs = ", ".join(choice.get("inputs") or [])
+        kept = f"; the blender reads {inputs}" if choice.get("kind") == "single" else ""
+        click.echo(f"\nleaderboard (best valid first; the blend's valid is cross-validated{kept})")
+        click.echo(table(header, rows))
+    calibration = ((content.get("blend") or {}).get("test") or {}).get("calibration") or {}
+    if calibration.get("ece") is not None:
+        click.echo(f"\ncalibration (blended, test): expected calibration error {calibration['ece']:.4f} "
+                   f"over {len(calibration.get('bins') or [])} probability bins")
     lift = ((content.get("blend") or {}).get("test") or {}).get("lift") or []
     if lift:
         click.echo("\nlift by decile (blended, test; decile 1 = highest scores)")
@@ -201,5 +243,7 @@ def print_report(run_id: int, run: dict[str, Any], content: dict[str, Any]) -> N
                 [[r.get(k) for k in ("decile", "rows", "rate", "lift")] for r in lift],
             )
         )
+    for trials in trials_tables(content):
+        click.echo(f"\n{trials}")
     if run.get("model_uri"):
         click.echo(f"\nmodel: {run['model_uri']}")

@@ -82,7 +82,7 @@ def _checked_params(params: dict[str, Any], task: Task) -> None:
             raise InvalidInput.field(("body", "params"), str(error)) from None
         for name, kind in kinds.items():
             value = getattr(merged, name)
-            fits = isinstance(value, kind) and not isinstance(value, bool)
+            fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
             if kind is float:
                 fits = isinstance(value, int | float) and not isinstance(value, bool)
             if not fits:

@@ -321,6 +321,12 @@ def test_report_shows_metrics_per_domain_and_lift(
     assert any(line.split()[:2] == ["cards", "100"] and line.endswith("90%") for line in lines), result.output
     deciles = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
     assert [d[0] for d in deciles] == [str(i) for i in range(1, 11)]
+    board = lines.index("leaderboard (best valid first; the blend's valid is cross-validated)")
+    assert lines[board + 1].split() == ["model", "kind", "valid", "roc_auc", "test", "roc_auc"]
+    assert [line.split() for line in lines[board + 3 : board + 5]] == [
+        ["blend", "blend", "0.8100", "0.8000"], ["lightgbm", "lightgbm", "0.7900", "0.7700"]]
+    calibration = "calibration (blended, test): expected calibration error 0."
+    assert any(line.startswith(calibration) for line in lines), result.output
 
 
 def write_report(path: Path) -> None:
@@ -337,6 +343,8 @@ def write_report(path: Path) -> None:
         "split": {"kind": "stratified_random", "parts": {"test": {"rows": 100}}},
         "domains": {"cards": domain},
         "blend": {"test": evaluation("binary", y, p, curves=True)},
+        "leaderboard": [{"rank": 1, "model": "blend", "kind": "blend", "valid": 0.81, "test": 0.80},
+                        {"rank": 2, "model": "lightgbm", "kind": "lightgbm", "valid": 0.79, "test": 0.77}],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report))

@@ -45,7 +45,7 @@ def make_context(data: Path, run_dir: Path, events: list) -> StepContext:
         marts_root=str(data / "marts"),
         mart_versions=versions,
         tracking_uri=f"sqlite:///{data / 'mlflow' / 'mlflow.db'}",
-        params={"default": {"hidden": 8, "max_epochs": 2, "max_len": 64}},
+        params={"default": {"hidden": 8, "max_epochs": 2, "max_len": 64, "search_budget_s": 0}},
         seed=1,
     )
     return StepContext(run_dir=run_dir, config=config, progress=lambda step, **f: events.append((step, f)))
@@ -65,10 +65,12 @@ class Spy:
 def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from anna_models import blend, training
+    from anna_models import blend, boosting, training
 
     trainer = Spy(training.train_model)  # every model goes through it: each domain's, then the fusion
     monkeypatch.setattr(training, "train_model", trainer)
+    booster = Spy(boosting.train_aggregate_model)
+    monkeypatch.setattr(boosting, "train_aggregate_model", booster)
     blend_fit = Spy(blend.Blender.fit)
     monkeypatch.setattr(blend.Blender, "fit", lambda self, *a, **k: blend_fit(self, *a, **k))
     events: list = []
@@ -93,6 +95,25 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
         assert {s.n_rows for s in valid_seqs.values()} == {counts["valid"]}
         np.testing.assert_array_equal(y_train, split.loc[split.part == "train", "y"].to_numpy())
     assert [len(args[3]) for args, _ in blend_fit.calls] == [counts["valid"]]
+    # LightGBM on the aggregates fits train rows only (it stops early on some of them, not on valid).
+    assert [len(args[1]) for args, _ in booster.calls] == [counts["train"]]
+    assert {s.n_rows for s in booster.calls[0][0][0].values()} == {counts["train"]}
+
+    # Every model and the blend on the leaderboard, best valid first; the blender says what it chose.
+    names = [*ctx.config.domains, "fusion", "lightgbm"]
+    board = report["leaderboard"]
+    assert sorted(r["model"] for r in board) == sorted([*names, "blend"])
+    assert [r["valid"] for r in board] == sorted((r["valid"] for r in board), reverse=True)
+    lightgbm = report["lightgbm"]
+    row = next(r for r in board if r["model"] == "lightgbm")
+    assert row["test"] == lightgbm["test"]["metrics"]["roc_auc"] and row["kind"] == "lightgbm"
+    assert lightgbm["test"]["rows"] == counts["test"] and lightgbm["epochs"] >= 1 and lightgbm["top_features"]
+    choice = report["blender"]["choice"]
+    assert set(choice["cv"]) == {"blend", *names} and report["blender"]["domains"] == names
+    assert (choice["kind"], choice["inputs"]) == ("blend", names) or (
+        choice["kind"] == "single" and len(choice["inputs"]) == 1)
+    calibration = report["blend"]["test"]["calibration"]
+    assert 0 <= calibration["ece"] < 0.2 and sum(b["rows"] for b in calibration["bins"]) == counts["test"]
 
     assert set(report["blend"]["test"]["metrics"]) == {"roc_auc", "pr_auc", "log_loss", "accuracy", "f1"}
     assert (

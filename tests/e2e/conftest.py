@@ -23,7 +23,7 @@ import pytest
 
 ADMIN_PASSWORD = "e2e-admin-secret"
 # Tiny models: every run trains in seconds on two cores.
-TINY_PARAMS: dict[str, Any] = {"default": {"hidden": 8, "max_epochs": 1, "max_len": 32}}
+TINY_PARAMS: dict[str, Any] = {"default": {"hidden": 8, "max_epochs": 1, "max_len": 32, "search_budget_s": 0}}
 DEMO_CLIENTS = 500
 STARTUP_TIMEOUT_S = 90.0
 REPO = Path(__file__).resolve().parents[2]

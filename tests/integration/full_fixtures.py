@@ -28,7 +28,7 @@ from anna_backend.devservices.process import Service, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "full-mode-admin-secret"
-TINY_PARAMS: dict[str, Any] = {"default": {"hidden": 8, "max_epochs": 1, "max_len": 32}}
+TINY_PARAMS: dict[str, Any] = {"default": {"hidden": 8, "max_epochs": 1, "max_len": 32, "search_budget_s": 0}}
 DEMO_CLIENTS = 600
 MAX_CONCURRENT_RUNS = 3
 POLL_INTERVAL_S = 1.0

@@ -21,7 +21,7 @@ from anna_models.progress import read_progress
 
 pytestmark = pytest.mark.integration
 
-TINY_PARAMS = {"default": {"max_epochs": 2, "hidden": 16, "max_len": 32}}
+TINY_PARAMS = {"default": {"max_epochs": 2, "hidden": 16, "max_len": 32, "search_budget_s": 0}}
 
 
 class OneRunConfig(ModelConfigRepo):

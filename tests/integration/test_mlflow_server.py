@@ -51,7 +51,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
         run_id=7, task_name=TASK, task_type="binary", metric="roc_auc", domains=sorted(versions),
         sample_path=str(data / "samples" / "default.parquet"), sample_fingerprint="test",
         marts_root=str(data / "marts"), mart_versions=versions, tracking_uri="",
-        params={"default": {"hidden": 16, "max_epochs": 2, "max_len": 64}}, seed=1,
+        params={"default": {"hidden": 16, "max_epochs": 2, "max_len": 64, "search_budget_s": 0}}, seed=1,
     )
     return Demo(data=data, config=config)
 

@@ -1,0 +1,311 @@
+"""AutoML search of one domain's encoder: architecture and size within a time budget, bad trials pruned.
+
+The search space is GRU, LSTM and transformer encoders of a few widths (``SEARCH_SPACE``), plus the
+domain's pretrained encoder when the registry has one that fits (``find_pretrained_encoder``). Trials
+run one after another in a fixed order: the given params first (so a model always exists, trained to
+the end as without a search), then the pretrained encoder, then the rest of the space in an order
+fixed by the seed. A trial whose best valid metric after epoch ``k >= PRUNE_AFTER_EPOCH`` is worse
+than the median of the earlier trials' best at epoch ``k`` is pruned (Optuna's MedianPruner rule).
+The budget counts from the search's start: a trial is started only when it can reach its first
+pruning check in the time left (estimated from the finished trials' seconds per epoch, scaled by
+``relative_cost``), and a running one is stopped once the budget is spent, its best epoch kept.
+The trial with the best valid metric is chosen, but another trial replaces the given params only when it
+beats them by more than their own spread over their last epochs (``NOISE_EPOCHS``): with a valid set of
+a few thousand rows, the best of ten trials on it is otherwise partly the luckiest, not the best on test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from anna_models.config import TrainParams
+from anna_models.encoders import ARCHITECTURES
+from anna_models.metrics import HIGHER_IS_BETTER, is_better
+
+SEARCH_SPACE: list[tuple[str, int, int]] = [  # (architecture, hidden, layers)
+    *[(a, h, 1) for a in ARCHITECTURES for h in (32, 64, 128)], ("transformer", 64, 2)
+]
+PRUNE_AFTER_EPOCH = 2  # epoch 1 mostly reflects the warm-up, not the architecture
+NOISE_EPOCHS = 3  # the given params' valid metric over this many last epochs sets the margin to beat
+# Seconds per epoch relative to a one-layer GRU 64, before any trial of the architecture has run (CPU,
+# demo card transactions, max_len 256: attention over 256 steps costs the transformer ~3.5x a GRU).
+ARCH_COST = {"gru": 1.0, "lstm": 1.1, "transformer": 3.5}
+Trainer = Callable[..., tuple[Any, list[dict[str, float]]]]
+
+
+@dataclass
+class Candidate:
+    """Params to train with, and the weights to start from (None: from scratch)."""
+
+    params: TrainParams
+    init: str = "scratch"  # "scratch" or the pretrained encoder's name
+    weights: Mapping[str, Any] | None = None
+
+
+@dataclass
+class Trial:
+    """One candidate's training: what a user reads in trials.json, report.json and MLflow."""
+
+    number: int
+    params: TrainParams
+    init: str
+    state: str = "running"  # completed | pruned | budget (stopped when the budget ran out) | failed
+    valid_metric: list[float | None] = field(default_factory=list)  # per epoch
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.valid_metric)
+
+    def best(self, metric: str) -> float | None:
+        running = best_so_far(metric, self.valid_metric)
+        return running[-1] if running else None
+
+    def label(self) -> str:
+        p = self.params
+        layers = f"x{p.layers}" if p.layers > 1 else ""
+        start = "" if self.init == "scratch" else f" from {self.init}"
+        return f"{p.architecture} {p.hidden}{layers}{start}"
+
+    def to_json(self, metric: str) -> dict[str, Any]:
+        return {"number": self.number, "params": asdict(self.params), "init": self.init, "state": self.state,
+                "epochs": self.epochs, "seconds": round(self.seconds, 3), "valid_metric": self.valid_metric,
+                "best_valid_metric": self.best(metric), "note": self.note}
+
+
+@dataclass
+class SearchResult:
+    """The chosen trial's model (best epoch), its history and params, and every trial."""
+
+    model: Any
+    history: list[dict[str, float]]
+    params: TrainParams
+    trials: list[Trial]
+    chosen: int
+    skipped: list[str] = field(default_factory=list)  # candidates not started: the budget could not fit them
+
+    def to_json(self, *, metric: str, budget_s: float) -> dict[str, Any]:
+        return trials_json(self.trials, metric=metric, budget_s=budget_s, chosen=self.chosen,
+                           skipped=self.skipped)
+
+
+def trials_json(trials: list[Trial], *, metric: str, budget_s: float, chosen: int | None,
+                skipped: list[str]) -> dict[str, Any]:
+    """models/<domain>/trials.json: the search as the run shows it."""
+    return {"metric": metric, "budget_s": budget_s, "seconds": round(sum(t.seconds for t in trials), 3),
+            "chosen": chosen, "trials": [t.to_json(metric) for t in trials], "skipped": skipped}
+
+
+def best_so_far(metric: str, curve: list[float | None]) -> list[float | None]:
+    """The best value up to each epoch (None until a defined value appears)."""
+    out: list[float | None] = []
+    best: float | None = None
+    for value in curve:
+        if value is not None and is_better(metric, value, best):
+            best = value
+        out.append(best)
+    return out
+
+
+def spread(curve: list[float | None]) -> float:
+    """Standard deviation of a trial's valid metric over its last ``NOISE_EPOCHS`` epochs (0 if fewer)."""
+    values = [v for v in curve[-NOISE_EPOCHS:] if v is not None and not np.isnan(v)]
+    return float(np.std(values)) if len(values) >= 2 else 0.0
+
+
+def beats(metric: str, value: float, incumbent: float | None, margin: float) -> bool:
+    """Whether ``value`` improves on ``incumbent`` by more than ``margin`` in the metric's direction."""
+    return is_better(metric, value - margin if HIGHER_IS_BETTER[metric] else value + margin, incumbent)
+
+
+def should_prune(metric: str, curve: list[float | None], earlier: list[Trial],
+                 after_epoch: int = PRUNE_AFTER_EPOCH) -> bool:
+    """Median stopping: prune when this trial's best so far at epoch k is worse than the median of the
+    earlier trials' best at epoch k. A trial that finished before epoch k (early stopping) counts with its
+    final best, since it would not have improved; a pruned one only up to where it stopped."""
+    k = len(curve)
+    if k < after_epoch:
+        return False
+    peers = []
+    for trial in earlier:
+        if trial.state == "failed":
+            continue
+        running = best_so_far(metric, trial.valid_metric)
+        if len(running) >= k:
+            peers.append(running[k - 1])
+        elif running and trial.state == "completed":
+            peers.append(running[-1])
+    values = [p for p in peers if p is not None]
+    if not values:
+        return False
+    mine = best_so_far(metric, curve)[-1]
+    return mine is None or is_better(metric, float(np.median(values)), mine)
+
+
+def relative_cost(params: TrainParams) -> float:
+    """Seconds per epoch relative to a one-layer GRU 64. The event encoder and batching cost the same at
+    any width, so time grows slower than the recurrent layer's hidden**2."""
+    return ARCH_COST.get(params.architecture, 1.0) * params.layers * (params.hidden / 64) ** 0.5
+
+
+def expected_seconds(candidate: TrainParams, finished: list[Trial], epochs: int) -> float:
+    """Seconds ``epochs`` epochs of ``candidate`` should take, judged by the finished trials (those of its
+    architecture when there are any: the prior costs are rough, measured ones are not)."""
+    timed = [t for t in finished if t.epochs and t.state != "failed"]
+    same = [t for t in timed if t.params.architecture == candidate.architecture]
+    rates = [t.seconds / t.epochs / relative_cost(t.params) for t in same or timed]
+    return float(np.median(rates)) * relative_cost(candidate) * epochs if rates else 0.0
+
+
+def candidates(params: TrainParams, *, seed: int, pretrained: Any = None) -> list[Candidate]:
+    """The given params, then the pretrained encoder (if any; fine-tuned, then frozen), then the search
+    space in a seeded order."""
+    out = [Candidate(params)]
+    if pretrained is not None:
+        # The pretrained weights fix the encoder's shape (architecture, width, layers, position table).
+        shaped = pretrained.train_params(params)
+        out.append(Candidate(shaped, init=str(pretrained.name), weights=pretrained.state))
+        # Frozen: only the embedding and head train, in less than half the time; wins when labels are few.
+        out.append(Candidate(replace(shaped, freeze_encoder=True), init=f"{pretrained.name} (frozen)",
+                             weights=pretrained.state))
+    given = (params.architecture, params.hidden, params.layers)
+    space = [s for s in SEARCH_SPACE if s != given]
+    order = np.random.default_rng(seed).permutation(len(space))
+    for i in order:
+        architecture, hidden, layers = space[int(i)]
+        out.append(Candidate(replace(params, architecture=architecture, hidden=hidden, layers=layers)))
+    return out
+
+
+def find_pretrained_encoder(tracking_uri: str, domain: str, *, manifest: dict[str, Any],
+                            earliest_report_date: str, progress: Callable[..., None] | None = None) -> Any:
+    """The registry's pretrained encoder (``anna_models.pretrain.PretrainedEncoder``) that fits this
+    domain's mart and was pretrained only on events before ``earliest_report_date``, or None.
+
+    A failing lookup costs the run only this candidate, so it is reported, not raised.
+    """
+    try:
+        from anna_models.pretrain import find_pretrained
+    except ImportError:
+        return None
+    try:
+        return find_pretrained(tracking_uri, domain, mart_version=manifest.get("version"),
+                               earliest_report_date=earliest_report_date, manifest=manifest)
+    except Exception as error:  # noqa: BLE001 - any registry failure means "no pretrained encoder"
+        if progress is not None:
+            progress(message=f"no pretrained encoder: the lookup failed ({type(error).__name__}: {error})")
+        return None
+
+
+def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, Any], y_valid: np.ndarray, *,
+           task_type: str, metric: str, classes: list, manifests: Mapping[str, dict], params: TrainParams,
+           seed: int = 0, device: str = "auto", pretrained: Any = None,
+           progress: Callable[..., None] | None = None, trainer: Trainer | None = None,
+           on_trial: Callable[[dict[str, Any]], None] | None = None,
+           clock: Callable[[], float] = time.monotonic) -> SearchResult:
+    """Search one domain's encoder within ``params.search_budget_s`` seconds; see the module docstring.
+
+    ``train``/``valid``: {domain: Sequences} as ``training.train_model`` takes them; ``trainer`` defaults
+    to ``training.train_model`` (tests pass a fake). ``on_trial(trials_json)`` is called after each trial.
+    With a budget of 0 only the given params train.
+    """
+    if trainer is None:
+        from anna_models import training
+
+        trainer = training.train_model
+    report = progress or (lambda **_: None)
+    budget = float(params.search_budget_s)
+    queue = candidates(params, seed=seed, pretrained=pretrained) if budget > 0 else [Candidate(params)]
+    data = (train, y_train, valid, y_valid)
+    options = {"task_type": task_type, "classes": classes, "manifests": manifests, "device": device,
+               "seed": seed}
+    started = clock()
+    trials: list[Trial] = []
+    skipped: list[str] = []
+    best: tuple[Trial, Any, list[dict[str, float]]] | None = None
+    margin = 0.0
+    for candidate in queue:
+        trial = Trial(number=len(trials), params=candidate.params, init=candidate.init)
+        if trials:
+            left = budget - (clock() - started)
+            need = expected_seconds(candidate.params, trials, min(PRUNE_AFTER_EPOCH, params.max_epochs))
+            if need > left:
+                skipped.append(f"{trial.label()}: needs ~{need:.0f} s, {max(left, 0):.0f} s left")
+                continue
+        deadline = started + budget if trials else float("inf")  # the given params always train to the end
+        try:
+            model, history = _run_trial(trial, candidate, list(trials), trainer=trainer, metric=metric,
+                                        deadline=deadline, clock=clock, report=report, data=data,
+                                        options=options)
+        except (RuntimeError, ValueError) as error:
+            if not trials:
+                raise  # the run's own params failed: that is the run's error, as without a search
+            # A candidate that cannot train here (e.g. out of GPU memory) costs only itself.
+            trial.state, trial.note = "failed", f"{type(error).__name__}: {error}"[:300]
+            trials.append(trial)
+            report(message=f"trial {trial.number}: {trial.label()} failed: {trial.note}")
+            continue
+        trials.append(trial)
+        value = trial.best(metric)
+        if best is None or (value is not None and beats(metric, value, best[0].best(metric), margin)):
+            best = (trial, model, history)
+        if len(trials) == 1:
+            margin = spread(trial.valid_metric)
+        if on_trial is not None:
+            on_trial(trials_json(trials, metric=metric, budget_s=budget, chosen=best[0].number,
+                                 skipped=skipped))
+    assert best is not None  # the first candidate always trains
+    chosen, model, history = best
+    report(message=f"chose trial {chosen.number}: {chosen.label()} ({metric} {_fmt(chosen.best(metric))}, "
+                   f"{len(trials)} trial(s) in {clock() - started:.0f} s)")
+    return SearchResult(model=model, history=history, params=chosen.params, trials=trials,
+                        chosen=chosen.number, skipped=skipped)
+
+
+def _run_trial(trial: Trial, candidate: Candidate, earlier: list[Trial], *, trainer: Trainer, metric: str,
+               deadline: float, clock: Callable[[], float], report: Callable[..., None],
+               data: tuple, options: dict[str, Any]) -> tuple[Any, list[dict[str, float]]]:
+    """Train one candidate, pruned against ``earlier`` and stopped at ``deadline``; fills in ``trial``."""
+    title = f"trial {trial.number}: {trial.label()}"
+
+    def stop(history: list[dict[str, float]]) -> bool:
+        trial.valid_metric = [_defined(h["valid_metric"]) for h in history]
+        if trial.epochs >= candidate.params.max_epochs:
+            return False  # finished anyway: neither pruned nor cut by the budget
+        if should_prune(metric, trial.valid_metric, earlier):
+            trial.state = "pruned"
+            trial.note = f"worse than the earlier trials' median at epoch {trial.epochs}"
+            return True
+        if clock() >= deadline:
+            trial.state = "budget"
+            return True
+        return False
+
+    report(message=f"{title} ...")
+    started = clock()
+    model, history = trainer(
+        *data, metric=metric, params=candidate.params, init=candidate.weights, should_stop=stop,
+        progress=lambda **fields: report(message=title, **fields), **options,
+    )
+    trial.seconds = clock() - started
+    trial.valid_metric = [_defined(h["valid_metric"]) for h in history]
+    if trial.state == "running":
+        trial.state = "completed"
+    report(message=f"{title}: {trial.state} after {trial.epochs} epoch(s), best {metric} "
+                   f"{_fmt(trial.best(metric))}")
+    return model, history
+
+
+def _defined(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+

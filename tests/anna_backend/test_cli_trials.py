@@ -1,0 +1,28 @@
+"""``anna report`` shows each domain's AutoML trials, with the chosen one marked."""
+
+from __future__ import annotations
+
+from anna_backend.entrypoints.cli_format import trials_tables
+
+
+def trial(number: int, architecture: str, state: str, best: float, chosen: bool, layers: int = 1) -> dict:
+    return {"number": number, "params": {"architecture": architecture, "hidden": 64, "layers": layers},
+            "init": "scratch", "state": state, "epochs": 2 if state == "pruned" else 8, "seconds": 41.6,
+            "best_valid_metric": best, "chosen": chosen}
+
+
+def test_trials_table_per_domain_marks_the_chosen_trial() -> None:
+    report = {"metric": "roc_auc", "domains": {
+        "cards": {"trials": [trial(0, "gru", "completed", 0.77, False),
+                             trial(1, "lstm", "pruned", 0.70, False),
+                             trial(2, "transformer", "budget", 0.78, True, layers=2)]},
+        "credit": {"trials": [trial(0, "gru", "completed", 0.7, True)]},  # budget 0: no search to show
+    }}
+    tables = trials_tables(report)
+    assert len(tables) == 1 and tables[0].startswith("AutoML trials, cards")
+    lines = tables[0].splitlines()
+    assert lines[1].split() == ["trial", "encoder", "start", "state", "epochs", "seconds", "valid", "roc_auc"]
+    assert lines[4].split() == ["1", "lstm", "64", "scratch", "pruned", "2", "42", "0.7000"]
+    chosen = ["2", "transformer", "64x2", "scratch", "budget", "8", "42", "0.7800", "chosen"]
+    assert lines[5].split() == chosen
+    assert not any(line.endswith("chosen") for line in lines[3:5])
