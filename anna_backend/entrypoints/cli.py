@@ -131,6 +131,58 @@ def demo_data(clients: int, seed: int, data_dir: Path) -> None:
 
 
 @cli.command()
+@click.option("--domain", required=True, help="A mart under the marts root, or a unique prefix (card).")
+@click.option("--before", help="Cutoff date: only events strictly before it are used. Default: the "
+              "first day of the month in the middle of the mart's span. Runs whose report dates all "
+              "fall on or after it may start from the encoder.")
+@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--clients", type=click.IntRange(min=2), help="Use this many random clients (default: all).")
+@click.option("--architecture", default="gru", show_default=True,
+              type=click.Choice(["gru", "lstm", "transformer"]))
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=4))
+@click.option("--layers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-len", type=click.IntRange(min=1), help="Events per client (default: the mart's).")
+def pretrain(domain: str, before: str | None, epochs: int, clients: int | None, architecture: str,
+             hidden: int, layers: int, max_len: int | None) -> None:
+    """Pretrain a domain's encoder (contrastive, CoLES-style) and register it as pretrained-<domain>."""
+    from anna_backend.entrypoints.pipeline_driver import tracking_store_turn
+    from anna_backend.settings import get_settings
+    from anna_models.coles import ColesParams
+    from anna_models.marts import read_manifest
+    from anna_models.pretrain import log_encoder, pretrain_domain
+
+    settings = get_settings()
+    marts = sorted(p.parent.name for p in settings.marts_dir.glob("*/manifest.json"))
+    matches = [m for m in marts if m == domain] or [m for m in marts if m.startswith(domain)]
+    if len(matches) != 1:
+        known = ", ".join(marts) or f"none (no marts under {settings.marts_dir})"
+        raise click.BadParameter(f"{domain!r} names {len(matches)} marts; known: {known}",
+                                 param_hint="--domain")
+    mart_path = settings.marts_dir / matches[0]
+    manifest = read_manifest(mart_path)
+    params = ColesParams(architecture=architecture, hidden=hidden, layers=layers, epochs=epochs,
+                         max_len=max_len)
+    started = time.monotonic()
+
+    def progress(epoch: int, max_epochs: int, fraction: float, metric: float | None = None, **_: Any) -> None:
+        if metric is not None:
+            click.echo(f"  epoch {epoch}/{max_epochs}: contrastive loss {metric:.4f} "
+                       f"({time.monotonic() - started:.0f} s)")
+
+    click.echo(f"pretraining {matches[0]} ({manifest.get('n_clients', '?'):,} clients in the mart) ...")
+    try:
+        encoder, history = pretrain_domain(mart_path, before=before, params=params, clients=clients,
+                                           progress=progress)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    with tracking_store_turn(settings, settings.tracking_uri):
+        encoder = log_encoder(encoder, settings.tracking_uri)
+    click.echo(f"registered {encoder.name} (events before {encoder.cutoff}; view accuracy "
+               f"{history[-1]['accuracy']:.2f}) in {time.monotonic() - started:.0f} s")
+    click.echo(f"runs whose earliest report date is on or after {encoder.cutoff} can start from it")
+
+
+@cli.command()
 @click.option("--user", "username", required=True, help="User name, e.g. admin.")
 @click.option("--password", help="The password (visible in your shell history; prefer --password-file).")
 @click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
