@@ -60,6 +60,7 @@ bench: bench-install
 	$(BENCH_VENV)/bin/python bench/train_demo.py
 	$(BENCH_VENV)/bin/python bench/throughput.py
 	$(BENCH_VENV)/bin/python bench/pretrain.py
+	$(BENCH_VENV)/bin/python bench/oracle_gap.py
 	$(BENCH_VENV)/bin/python bench/cdnow.py $(CDNOW)
 
 # Re-pin every dependency after changing pyproject.toml (needs a working .venv).
