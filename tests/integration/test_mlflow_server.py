@@ -98,7 +98,7 @@ def test_run_is_tracked_registered_and_served_through_the_server(
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.metrics["test_roc_auc"] > 0
     children = {r.info.run_name: r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id}
-    assert set(children) == {*demo.config.domains, pipeline.FUSION, "blender"}
+    assert set(children) == {*demo.config.domains, pipeline.FUSION, pipeline.LIGHTGBM, "blender"}
     for name, child in children.items():
         assert {"valid_roc_auc", "test_roc_auc"} <= set(child.data.metrics), name
     # Per-epoch history of a trained model arrives as metric steps.
@@ -201,7 +201,8 @@ def test_server_on_postgresql_tracks_and_registers(
         client = mlflow.MlflowClient(server.url)
         version = client.get_model_version(TASK, "1")
         runs = client.search_runs([client.get_experiment_by_name(TASK).experiment_id])
-        assert len(runs) == len(first_run.config.domains) + 3  # parent, domains, fusion, blender
+        # parent, domains, fusion, LightGBM, blender, and each domain's one search trial (budget 0)
+        assert len(runs) == 2 * len(first_run.config.domains) + 4
         model_id = version.source.removeprefix("models:/")
         assert any((tmp_path / "artifact-root").rglob(f"{model_id}/artifacts/MLmodel"))
     finally:
