@@ -154,7 +154,7 @@ def test_lightgbm_multiclass_and_regression_outputs() -> None:
     amounts = np.random.default_rng(2).normal(size=1200) + 3 * y
     model, _ = train_aggregate_model({"cards": seqs}, amounts, client_id=clients, task_type="regression",
                                      metric="rmse", classes=[], features={"cards": FEATURES},
-                                     params={"num_threads": 1, "num_rounds": 50})
+                                     params={"num_threads": 1, "num_rounds": 50, "learning_rate": 0.1})
     predicted = model.predict({"cards": seqs})
     assert predicted.shape == (1200,) and compute_metric("r2", amounts, predicted) > 0.3
     with pytest.raises(ValueError, match="unknown LightGBM parameter"):
