@@ -276,7 +276,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 LABELS = {
-    "anna": "ANNA (pipeline: GRU encoder + blender)",
+    "anna": "ANNA (pipeline: searched encoder + LightGBM on aggregates + blender)",
     "lightgbm": "LightGBM, 17 aggregates",
     "lightgbm_anna_parts": "LightGBM, 17 aggregates, ANNA's parts (fit 07-01, stop on 10-01)",
     "bgnbd": "BG/NBD (lifetimes)",
@@ -307,7 +307,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]], seeds: list[int], load: str
     if runs.get("anna"):
         split = runs["anna"][0]["split"]
         lines += ["", f"ANNA's own split ({split['kind']}, `anna_models.split`): " + ", ".join(
-            f"{p} {split[p]['rows']:,} rows ({split[p]['date_min']})" for p in ("train", "valid", "test"))
+            f"{p} {split[p]['rows']:,} rows ({split[p]['date_min']} .. {split[p]['date_max']})"
+            for p in ("train", "valid", "test"))
             + "; the encoder trains on train and stops early on valid, the blender fits on valid; the "
             "blended test scores are checked to be exactly the README's test rows."]
         steps = runs["anna"][0]["timings"]
