@@ -116,7 +116,6 @@ def demo_like(n: int, seed: int) -> tuple[Sequences, np.ndarray, np.ndarray]:
 
 
 def test_lightgbm_on_aggregates_learns_and_scores_the_same_after_saving(tmp_path: Path) -> None:
-    pytest.importorskip("lightgbm")
     from anna_models.boosting import AggregateModel, stopping_rows, train_aggregate_model
 
     seqs, y, clients = demo_like(3000, seed=0)
@@ -142,7 +141,6 @@ def test_lightgbm_on_aggregates_learns_and_scores_the_same_after_saving(tmp_path
 
 
 def test_lightgbm_multiclass_and_regression_outputs() -> None:
-    pytest.importorskip("lightgbm")
     from anna_models.boosting import train_aggregate_model
 
     seqs, y, clients = demo_like(1200, seed=1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from anna_models.blend import Blender
 from anna_models.config import TrainParams
@@ -71,7 +70,6 @@ def test_a_rare_class_is_learned_and_the_blend_restores_the_base_rate(tmp_path: 
 
 
 def test_lightgbm_weights_a_rare_class_too() -> None:
-    pytest.importorskip("lightgbm")
     from anna_models.boosting import train_aggregate_model
 
     seqs, y = rare_task(3000, seed=1)
