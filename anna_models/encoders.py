@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from anna_models import fused_gru
 
 if TYPE_CHECKING:
     from anna_models.batching import Batch
@@ -165,20 +168,32 @@ class SequenceEncoder(nn.Module):
         the features are narrower than 1.5 × hidden, the folded (3H × width) product costs fewer
         operations per event than the projection plus W_ih, and the (B, T, H) projection is never
         materialised (nor its gradient). The weights and the result are the same; only rounding differs.
+        A single-layer GRU then runs its steps through ``anna_models.fused_gru`` where that is available.
         """
         hidden = projection.out_features
-        if (self.architecture == "transformer" or features.device.type != "cpu"
-                or features.shape[-1] >= 1.5 * hidden):
+        if self.architecture == "transformer" or features.device.type != "cpu":
             return self.forward(projection(features), lengths)
         rnn = self.rnn
+        if features.shape[-1] < 1.5 * hidden:
+            w_ih = rnn.weight_ih_l0 @ projection.weight
+            b_ih = torch.addmv(rnn.bias_ih_l0, rnn.weight_ih_l0, projection.bias)
+            steps = features.transpose(0, 1).contiguous()  # (T, B, width)
+        else:
+            w_ih, b_ih = rnn.weight_ih_l0, rnn.bias_ih_l0
+            steps = projection(features).transpose(0, 1).contiguous()  # (T, B, H)
+        if self.architecture == "gru" and rnn.num_layers == 1 and fused_gru.available():
+            # One product for every step's input gates, then the fused recurrence (anna_models.fused_gru).
+            # In float32 whatever autocast asks for, as in forward(): bf16 states drift over long histories.
+            with torch.autocast("cpu", enabled=False):
+                gates = F.linear(steps.float(), w_ih.float(), b_ih.float())
+                out = fused_gru.gru(gates, rnn.weight_hh_l0, rnn.bias_hh_l0)
+            return self._pool(out, lengths)
         weights = [getattr(rnn, f"{kind}_l{layer}") for layer in range(rnn.num_layers)
                    for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # the order nn.GRU passes
-        weights[0] = weights[0] @ projection.weight
-        weights[2] = torch.addmv(weights[2], rnn.weight_ih_l0, projection.bias)
+        weights[0], weights[2] = w_ih, b_ih
         zeros = features.new_zeros(rnn.num_layers, features.shape[0], hidden)
         recurrence = torch._VF.gru if self.architecture == "gru" else torch._VF.lstm  # what nn.GRU/LSTM call
         state = zeros if self.architecture == "gru" else (zeros, zeros)
-        steps = features.transpose(0, 1).contiguous()  # (T, B, width)
         out = recurrence(steps, state, weights, True, rnn.num_layers, rnn.dropout, self.training, False,
                          False)[0]
         return self._pool(out, lengths)

@@ -1,0 +1,81 @@
+/* One GRU time step's gates, fused: what PyTorch's CPU GRU does in about ten passes over memory.
+ *
+ * PyTorch's GRU (its formulas, its gate order r, z, n):
+ *   r = sigmoid(gi_r + gh_r)        gi = x W_ih^T + b_ih, precomputed for every step
+ *   z = sigmoid(gi_z + gh_z)        gh = h_prev W_hh^T + b_hh, one matrix product a step (torch.addmm)
+ *   n = tanh(gi_n + r * gh_n)
+ *   h = (1 - z) * n + z * h_prev
+ * The caller (anna_models/fused_gru.py) runs the matrix products; these loops do the rest of a step for
+ * `rows` rows, each row's gates laid out as [r | z | n], `hidden` wide each. Built with -O3 -ffast-math:
+ * the loops over a row vectorise, which is why exp is written out below (a call to expf would not).
+ */
+#include <stdint.h>
+
+/* exp(x) for float32, to about 2 ulp: x = k ln2 + r with |r| <= ln2 / 2, a degree-7 Taylor-like
+ * polynomial for exp(r), and 2^k put straight into the exponent bits. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693359375f + k * 2.12194440e-4f; /* ln2 in two parts, so r keeps its low bits */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)k + 127) << 23;
+    return p * scale.f;
+}
+
+/* Forward: the new states h (rows, hidden) and, for the backward pass, saved = [r | z | n] per row. */
+void anna_gru_forward(int64_t rows, int64_t hidden, const float *restrict gi, const float *restrict gh,
+                      const float *restrict h_prev, float *restrict h, float *restrict saved) {
+    const int64_t width = 3 * hidden;
+    for (int64_t b = 0; b < rows; b++) {
+        const float *restrict xi = gi + b * width, *restrict xh = gh + b * width;
+        const float *restrict hp = h_prev + b * hidden;
+        float *restrict out = h + b * hidden, *restrict s = saved + b * width;
+        for (int64_t j = 0; j < hidden; j++) {
+            float r = 1.0f / (1.0f + exp_approx(-(xi[j] + xh[j])));
+            float z = 1.0f / (1.0f + exp_approx(-(xi[hidden + j] + xh[hidden + j])));
+            float n = 2.0f / (1.0f + exp_approx(-2.0f * (xi[2 * hidden + j] + r * xh[2 * hidden + j]))) - 1.0f;
+            out[j] = n + z * (hp[j] - n);
+            s[j] = r;
+            s[hidden + j] = z;
+            s[2 * hidden + j] = n;
+        }
+    }
+}
+
+/* Backward of one step. The gradient reaching h is d_out (from the step's outputs) + d_next (through the
+ * next step). Writes the gradients of the gate inputs: d_gi (of gi, also b_ih's), d_gh (of gh, also b_hh's
+ * and the product h_prev W_hh^T), and d_direct = the part of h_prev's gradient that skips W_hh (dh * z);
+ * the caller adds d_gh W_hh to it. */
+void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out, const float *restrict d_next,
+                       const float *restrict saved, const float *restrict gh, const float *restrict h_prev,
+                       float *restrict d_gi, float *restrict d_gh, float *restrict d_direct) {
+    const int64_t width = 3 * hidden;
+    for (int64_t b = 0; b < rows; b++) {
+        const float *restrict s = saved + b * width, *restrict xh = gh + b * width;
+        const float *restrict hp = h_prev + b * hidden;
+        const float *restrict g1 = d_out + b * hidden, *restrict g2 = d_next + b * hidden;
+        float *restrict di = d_gi + b * width, *restrict dh_ = d_gh + b * width;
+        float *restrict dd = d_direct + b * hidden;
+        for (int64_t j = 0; j < hidden; j++) {
+            float r = s[j], z = s[hidden + j], n = s[2 * hidden + j];
+            float dh = g1[j] + g2[j];
+            float dn = dh * (1.0f - z) * (1.0f - n * n);
+            float dz = dh * (hp[j] - n) * z * (1.0f - z);
+            float dr = dn * xh[2 * hidden + j] * r * (1.0f - r);
+            di[j] = dr;
+            di[hidden + j] = dz;
+            di[2 * hidden + j] = dn;
+            dh_[j] = dr;
+            dh_[hidden + j] = dz;
+            dh_[2 * hidden + j] = dn * r;
+            dd[j] = dh * z;
+        }
+    }
+}

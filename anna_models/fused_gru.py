@@ -1,0 +1,192 @@
+"""A faster single-layer GRU recurrence on CPU: PyTorch's matrix products, one compiled loop for the gates.
+
+PyTorch's CPU GRU runs every time step as about ten operations over the (rows, 3 × hidden) gate tensors
+(add, sigmoid, tanh, sub, mul, ...), each a pass through memory with its own dispatch. Here a step is one
+matrix product (``torch.addmm``: h · W_hhᵀ + b_hh) and one C loop (``fused_gru.c``) that computes the
+gates and the new state in registers; the backward pass mirrors it, and W_hh's gradient is one product
+over all steps at the end. Same formulas, same weights, so a model trained either way loads either way.
+
+The C source is compiled once per machine with the system's C compiler (``$CC``, else ``cc``) into
+``$ANNA_CACHE_DIR`` (default ``~/.cache/anna``), keyed by the source, the flags and the CPU's features.
+Without a compiler, or with ``ANNA_FUSED_GRU=0``, ``available()`` is False and models use torch's GRU.
+
+Rows are independent, so with several torch threads a batch's rows are split between Python threads that
+each run their rows' whole recurrence on one core (torch and ctypes release the GIL while they compute),
+instead of every small per-step operation being split across cores and meeting at a barrier.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("fused_gru.c")
+FLAGS = ["-O3", "-ffast-math", "-march=native", "-fPIC", "-shared"]
+MIN_ROWS_PER_THREAD = 32  # fewer rows a thread: the per-step Python calls outweigh the split
+
+_library: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def available() -> bool:
+    """Whether the compiled loops can be used here (compiling them on the first call)."""
+    return _load() is not None
+
+
+def gru(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor) -> torch.Tensor:
+    """States (T, B, H) of a GRU from h₀ = 0, given its input gates (T, B, 3H) = x · W_ihᵀ + b_ih.
+
+    Differentiable in all three arguments; float32 CPU tensors only (check ``available()`` first).
+    """
+    if torch.is_grad_enabled() and (gates_in.requires_grad or weight_hh.requires_grad
+                                    or bias_hh.requires_grad):
+        return _FusedGRU.apply(gates_in, weight_hh, bias_hh)
+    with torch.no_grad():
+        return _forward(gates_in.contiguous(), weight_hh, bias_hh, keep=False)[0]
+
+
+class _FusedGRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor
+                ) -> torch.Tensor:
+        out, gates_h, saved = _forward(gates_in.contiguous(), weight_hh, bias_hh, keep=True)
+        ctx.save_for_backward(weight_hh, out, gates_h, saved)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight_hh, out, gates_h, saved = ctx.saved_tensors
+        steps, rows, hidden = out.shape
+        d_out = d_out.contiguous()
+        d_gi, d_gh = torch.empty_like(gates_h), torch.empty_like(gates_h)
+        lib = _load()
+        assert lib is not None
+
+        @torch.no_grad()
+        def run(a: int, b: int) -> None:
+            zeros = out.new_zeros(b - a, hidden)
+            d_next, d_direct = out.new_zeros(b - a, hidden), out.new_empty(b - a, hidden)
+            for t in range(steps - 1, -1, -1):
+                h_prev = out[t - 1, a:b] if t else zeros
+                d_gh_t = d_gh[t, a:b]
+                lib.anna_gru_backward(b - a, hidden, d_out[t, a:b].data_ptr(), d_next.data_ptr(),
+                                      saved[t, a:b].data_ptr(), gates_h[t, a:b].data_ptr(), h_prev.data_ptr(),
+                                      d_gi[t, a:b].data_ptr(), d_gh_t.data_ptr(), d_direct.data_ptr())
+                torch.addmm(d_direct, d_gh_t, weight_hh, out=d_next)
+
+        _split_rows(run, rows)
+        h_prev = torch.cat([out.new_zeros(1, rows, hidden), out[:-1]]).view(steps * rows, hidden)
+        d_gh_flat = d_gh.view(steps * rows, 3 * hidden)
+        return d_gi, d_gh_flat.t() @ h_prev, d_gh_flat.sum(0)
+
+
+def _forward(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor, keep: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states, per-step h·W_hhᵀ + b_hh, per-step [r | z | n]); the last two only with ``keep``."""
+    lib = _load()
+    assert lib is not None
+    steps, rows, width = gates_in.shape
+    hidden = width // 3
+    out = gates_in.new_empty(steps, rows, hidden)
+    # For the backward pass every step's gates stay; at inference one step's worth is reused.
+    gates_h = gates_in.new_empty(steps if keep else 1, rows, width)
+    saved = gates_in.new_empty(steps if keep else 1, rows, width)
+    weight_t = weight_hh.detach().t()
+    bias = bias_hh.detach()
+    inference = torch.is_inference_mode_enabled()  # thread-local: the row threads must enter it too
+
+    def run(a: int, b: int) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            _steps(a, b)
+
+    def _steps(a: int, b: int) -> None:
+        h = out.new_zeros(b - a, hidden)
+        for t in range(steps):
+            k = t if keep else 0
+            gh, h_next = gates_h[k, a:b], out[t, a:b]
+            torch.addmm(bias, h, weight_t, out=gh)
+            lib.anna_gru_forward(b - a, hidden, gates_in[t, a:b].data_ptr(), gh.data_ptr(), h.data_ptr(),
+                                 h_next.data_ptr(), saved[k, a:b].data_ptr())
+            h = h_next
+
+    _split_rows(run, rows)
+    return out, gates_h, saved
+
+
+def _split_rows(run: Callable[[int, int], None], rows: int) -> None:
+    """``run(a, b)`` over row ranges covering ``rows``: one per torch thread, each on one core."""
+    threads = torch.get_num_threads()
+    parts = max(1, min(threads, rows // MIN_ROWS_PER_THREAD))
+    if parts == 1:
+        run(0, rows)
+        return
+    global _pool
+    if _pool is None or _pool._max_workers < parts:
+        _pool = ThreadPoolExecutor(parts, thread_name_prefix="anna-gru")
+    edges = [rows * i // parts for i in range(parts + 1)]
+    torch.set_num_threads(1)  # each Python thread's torch calls stay on its own core
+    try:
+        for future in [_pool.submit(run, a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]:
+            future.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("ANNA_FUSED_GRU", "1") != "0":
+            try:
+                _library = _compile()
+            except (OSError, subprocess.SubprocessError) as error:
+                log.warning("the fused GRU loops could not be built (%s); using torch's GRU", error)
+    return _library
+
+
+def _compile() -> ctypes.CDLL:
+    """The shared library for this source, flags and CPU: built once, then loaded from the cache."""
+    compiler = os.environ.get("CC", "cc")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_signature().encode()]))
+    cache = Path(os.environ.get("ANNA_CACHE_DIR") or Path.home() / ".cache" / "anna")
+    path = cache / f"fused_gru-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        # Built under a temporary name and renamed: processes building at once never load half a file.
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            built = Path(tmp) / path.name
+            subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True,
+                           timeout=120)
+            os.replace(built, path)
+    lib = ctypes.CDLL(str(path))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.anna_gru_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
+    lib.anna_gru_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = None
+    return lib
+
+
+def _cpu_signature() -> str:
+    """The machine and its instruction-set extensions: -march=native code must not reach another CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return platform.machine() + line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
