@@ -186,6 +186,10 @@ class SequenceEncoder(nn.Module):
             # In float32 whatever autocast asks for, as in forward(): bf16 states drift over long histories.
             with torch.autocast("cpu", enabled=False):
                 gates = F.linear(steps.float(), w_ih.float(), b_ih.float())
+                if not torch.is_grad_enabled():  # scoring: pooled as the steps run, no (T, B, H) states
+                    last, total, peak = fused_gru.gru_pooled(gates, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
+                    mean = total / lengths.clamp(min=1).to(total.dtype).unsqueeze(-1)
+                    return self._pooled(last, mean, peak, lengths)
                 out = fused_gru.gru(gates, rnn.weight_hh_l0, rnn.bias_hh_l0)
             return self._pool(out, lengths)
         weights = [getattr(rnn, f"{kind}_l{layer}") for layer in range(rnn.num_layers)
@@ -210,8 +214,13 @@ class SequenceEncoder(nn.Module):
         # chosen step, not amax, whose backward compares every entry again: together 2.5× cheaper.
         penalty = (~real).unsqueeze(-1).to(out.dtype) * -1e4
         peak = (out + penalty).max(0).values
+        return self._pooled(last, mean, peak, lengths)
+
+    def _pooled(self, last: torch.Tensor, mean: torch.Tensor, peak: torch.Tensor, lengths: torch.Tensor
+                ) -> torch.Tensor:
+        """(B, 3H + 1): the pooled parts and the log length; rows without events get ``no_history``."""
         # How much history there is says something itself (activity), which mean and max pooling lose.
-        count = torch.log1p(lengths.to(out.dtype)).unsqueeze(-1) / 5
+        count = torch.log1p(lengths.to(last.dtype)).unsqueeze(-1) / 5
         pooled = torch.cat([last, mean, peak, count], dim=-1)  # (B, 3H + 1)
         empty = (lengths == 0).unsqueeze(-1)
         return torch.where(empty, self.no_history.to(pooled.dtype).expand_as(pooled), pooled)

@@ -79,3 +79,30 @@ void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out
         }
     }
 }
+
+/* Inference: one step for the rows still inside their history (t < lengths[b]), pooling as it goes.
+ * h (rows, hidden) is updated in place; sum and peak accumulate the states, last keeps the state after a
+ * row's last event. No per-step states are stored, and padded steps cost nothing but the product. */
+void anna_gru_forward_pooled(int64_t rows, int64_t hidden, int64_t t, const int64_t *restrict lengths,
+                             const float *restrict gi, const float *restrict gh, float *restrict h,
+                             float *restrict sum, float *restrict peak, float *restrict last) {
+    const int64_t width = 3 * hidden;
+    for (int64_t b = 0; b < rows; b++) {
+        if (t >= lengths[b]) continue;
+        const float *restrict xi = gi + b * width, *restrict xh = gh + b * width;
+        float *restrict hb = h + b * hidden, *restrict sb = sum + b * hidden, *restrict pb = peak + b * hidden;
+        for (int64_t j = 0; j < hidden; j++) {
+            float r = 1.0f / (1.0f + exp_approx(-(xi[j] + xh[j])));
+            float z = 1.0f / (1.0f + exp_approx(-(xi[hidden + j] + xh[hidden + j])));
+            float n = 2.0f / (1.0f + exp_approx(-2.0f * (xi[2 * hidden + j] + r * xh[2 * hidden + j]))) - 1.0f;
+            float v = n + z * (hb[j] - n);
+            hb[j] = v;
+            sb[j] += v;
+            pb[j] = t == 0 || v > pb[j] ? v : pb[j];
+        }
+        if (t == lengths[b] - 1) {
+            float *restrict lb = last + b * hidden;
+            for (int64_t j = 0; j < hidden; j++) lb[j] = hb[j];
+        }
+    }
+}

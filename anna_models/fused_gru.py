@@ -59,6 +59,37 @@ def gru(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor) 
         return _forward(gates_in.contiguous(), weight_hh, bias_hh, keep=False)[0]
 
 
+def gru_pooled(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor, lengths: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inference: (state after each row's last event, sum and max of its states), each (B, H).
+
+    Row b's steps stop at ``lengths[b]``; the (T, B, H) states are never stored. Rows without events
+    get zeros. Not differentiable.
+    """
+    lib = _load()
+    assert lib is not None
+    gates_in = gates_in.contiguous()
+    steps, rows, width = gates_in.shape
+    hidden = width // 3
+    lengths = lengths.to(torch.int64).contiguous()
+    last, total, peak = (gates_in.new_zeros(rows, hidden) for _ in range(3))
+    state, gates_h = gates_in.new_zeros(rows, hidden), gates_in.new_empty(rows, width)
+    weight_t, bias = weight_hh.detach().t(), bias_hh.detach()
+    inference = torch.is_inference_mode_enabled()
+
+    def run(a: int, b: int) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            h, gh, n = state[a:b], gates_h[a:b], b - a
+            pointers = [x[a:b].data_ptr() for x in (lengths, total, peak, last)]
+            for t in range(int(lengths[a:b].max()) if n else 0):
+                torch.addmm(bias, h, weight_t, out=gh)
+                lib.anna_gru_forward_pooled(n, hidden, t, pointers[0], gates_in[t, a:b].data_ptr(),
+                                            gh.data_ptr(), h.data_ptr(), *pointers[1:])
+
+    _split_rows(run, rows)
+    return last, total, peak
+
+
 class _FusedGRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor
@@ -177,7 +208,8 @@ def _compile() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.anna_gru_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.anna_gru_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = None
+    lib.anna_gru_forward_pooled.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = lib.anna_gru_forward_pooled.restype = None
     return lib
 
 

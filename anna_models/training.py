@@ -28,10 +28,11 @@ from anna_models.sequences import TIME_FEATURES, Sequences
 Progress = Callable[..., None]
 # Inference batches on CPU: up to PREDICT_BATCH rows and PREDICT_TOKENS_PER_THREAD padded events.
 # Sorted by length, short rows then share wide batches (per-step overhead amortised) while a batch's
-# precomputed input gates (tokens × 3 × hidden floats) stay near cache size: a 512-row cap alone ran
-# 20-40% slower on the demo's card transactions, and wider token budgets slower still.
+# precomputed input gates (tokens × 3 × hidden floats) stay near cache size. With the fused GRU's pooled
+# scoring, 24,576 ran 5-10% faster than 16,384 or 32,768 on the demo's card transactions and on
+# Poisson(200) lengths (bench/throughput.py's data), and 65,536 or more 15-40% slower.
 PREDICT_BATCH = 4096
-PREDICT_TOKENS_PER_THREAD = 32768
+PREDICT_TOKENS_PER_THREAD = 24576
 # A GPU runs each time step in parallel across a batch's rows: wider batches, fewer sequential steps.
 PREDICT_BATCH_CUDA = 4096
 # Event tables may take at most this share of the GPU's free memory; larger ones stay on the host and

@@ -55,6 +55,30 @@ def test_states_and_every_gradient_match_torch(steps: int, rows: int, hidden: in
         assert (g - w).abs().max().item() <= 2e-5 * scale, name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scoring_pools_each_row_over_its_own_events_only(threads: int) -> None:
+    torch.manual_seed(1)
+    rnn = nn.GRU(6, 16)
+    lengths = torch.tensor([12, 0, 1, 7, 12, 3] * 12)  # 72 rows: split between threads when there are 2
+    x = torch.randn(12, len(lengths), 6)
+    gates = torch.nn.functional.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            states = rnn(x)[0]
+            last, total, peak = fused_gru.gru_pooled(gates, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
+    finally:
+        torch.set_num_threads(before)
+    for b, n in enumerate(lengths.tolist()):
+        if n == 0:
+            assert not last[b].any() and not total[b].any() and not peak[b].any()
+            continue
+        torch.testing.assert_close(last[b], states[n - 1, b], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(total[b], states[:n, b].sum(0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(peak[b], states[:n, b].amax(0), atol=2e-6, rtol=1e-5)
+
+
 def test_an_encoder_scores_the_same_with_the_fused_gru_and_without(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     config = EncoderConfig(categorical={"mcc": 20}, n_dense=5, architecture="gru", hidden=32)
@@ -62,11 +86,14 @@ def test_an_encoder_scores_the_same_with_the_fused_gru_and_without(monkeypatch: 
     batch = EventTable(small_sequences([6, 0, 13, 1])).batch(np.arange(4))
     model.eval()  # no dropout draws: both passes must see the same inputs
     out, _ = model({"card": batch})
+    with torch.inference_mode():
+        scored, _ = model({"card": batch})  # scoring pools as the steps run
     fused_grads = torch.autograd.grad(out.sum(), list(model.parameters()))
     monkeypatch.setattr(fused_gru, "available", lambda: False)  # as on a machine without a compiler
     plain, _ = model({"card": batch})
     plain_grads = torch.autograd.grad(plain.sum(), list(model.parameters()))
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scored, plain.detach(), atol=1e-5, rtol=1e-5)
     for got, want in zip(fused_grads, plain_grads, strict=True):
         assert (got - want).abs().max().item() <= 2e-5 * want.abs().max().item()
 
