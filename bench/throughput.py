@@ -5,9 +5,11 @@ a synthetic one with uniform lengths (Poisson events per client, random binary t
 Both sides: GRU hidden 64, the same embedding widths, a projection to 64 and last/max/mean pooling, then
 Linear-ReLU-Dropout-Linear; AdamW at the same learning rate; batch size 128; CPU, ``--threads`` threads.
 ANNA trains through ``anna_models.training.train_domain_encoder`` (length-bucketed batches of its
-``EventTable``) and infers through ``predict``; ptls trains in a plain loop over a ``SeqToTargetDataset``
-whose ``collate_fn`` pads a random batch to its longest row, as a ptls user would, and infers over the same
-dataset in order, ``PTLS_PREDICT_BATCH`` rows a batch (ANNA plans its own inference batches by length).
+``EventTable``) and infers through ``predict``; the ``anna_torch_gru`` side is the same with torch's GRU
+instead of ``anna_models.fused_gru`` (as on a machine without a C compiler). ptls trains in a plain loop
+over a ``SeqToTargetDataset`` whose ``collate_fn`` pads a random batch to its longest row, as a ptls
+user would, and infers over the same dataset in order, ``PTLS_PREDICT_BATCH`` rows a batch (ANNA plans
+its own inference batches by length).
 
     python bench/throughput.py [--clients 20000] [--uniform-clients 50000] [--uniform-mean-length 200]
                                [--epochs 2] [--threads 2] [--passes 3] [--seed 0] [--data-dir DIR]
@@ -154,6 +156,18 @@ def run_anna(data: Dataset, passes: int, seed: int) -> dict[str, Any]:
     }
 
 
+def run_anna_torch_gru(data: Dataset, passes: int, seed: int) -> dict[str, Any]:
+    """ANNA as on a machine without a C compiler: torch's own GRU instead of anna_models.fused_gru."""
+    from anna_models import fused_gru
+
+    fused_gru.available()  # loads (or fails to) once; then the library is hidden for this side only
+    library, fused_gru._library = fused_gru._library, None
+    try:
+        return run_anna(data, passes, seed)
+    finally:
+        fused_gru._library = library
+
+
 def ptls_records(seqs: Sequences, y: np.ndarray) -> list[dict[str, Any]]:
     """ptls's feature dicts, one per row: (T,) tensors per feature and a scalar ``target``.
 
@@ -266,11 +280,13 @@ def compare(data: Dataset, passes: int, seed: int) -> dict[str, Any]:
     result: dict[str, Any] = {"dataset": data.name, "train_rows": data.train.n_rows,
                               "train_events": data.train.n_events, "valid_rows": data.valid.n_rows,
                               "mean_length": float(lengths.mean()), "max_length": int(lengths.max())}
-    for side, fn in (("anna", run_anna), ("ptls", run_ptls)):
+    for side, fn in (("anna", run_anna), ("anna_torch_gru", run_anna_torch_gru), ("ptls", run_ptls)):
         started = time.perf_counter()
         result[side] = fn(data, passes, seed)
         print(f"  {side}: {result[side]} ({time.perf_counter() - started:.0f} s)", flush=True)
     result["ratio"] = {k: result["anna"][k] / result["ptls"][k] for k in ("events_per_s", "clients_per_s")}
+    result["fused_gain"] = {k: result["anna"][k] / result["anna_torch_gru"][k]
+                            for k in ("events_per_s", "clients_per_s")}
     return result
 
 
@@ -280,12 +296,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, r in results.items():
-        for side in ("anna", "ptls"):
+        for side in ("anna", "anna_torch_gru", "ptls"):
             s = r[side]
             lines.append(f"| {key} | {side} | {s['events_per_s']:,.0f} | {s['clients_per_s']:,.0f} "
                          f"| {s['valid_auc']:.4f} | {s['epoch_seconds']:.1f} | {s['model_share']:.0%} |")
-    lines += ["", "| data | train ANNA/ptls | target | inference ANNA/ptls | target | ROC-AUC ANNA − ptls |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| data | train ANNA/ptls | target | inference ANNA/ptls | target | ROC-AUC ANNA − ptls "
+              "| fused GRU gain, train / inference |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, r in results.items():
         train_target, infer_target = TARGETS[f"train_{key}"], TARGETS["inference"]
         ratio = r["ratio"]
@@ -293,7 +310,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"| {key} | {ratio['events_per_s']:.2f}× {_mark(ratio['events_per_s'], train_target)} "
             f"| ≥ {train_target:g}× "
             f"| {ratio['clients_per_s']:.2f}× {_mark(ratio['clients_per_s'], infer_target)} "
-            f"| ≥ {infer_target:g}× | {r['anna']['valid_auc'] - r['ptls']['valid_auc']:+.4f} |"
+            f"| ≥ {infer_target:g}× | {r['anna']['valid_auc'] - r['ptls']['valid_auc']:+.4f} "
+            f"| {r['fused_gain']['events_per_s']:.2f}× / {r['fused_gain']['clients_per_s']:.2f}× |"
         )
     return "\n".join(lines)
 
