@@ -25,11 +25,12 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from anna_models.threads import on_one_thread_each
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ MIN_ROWS_PER_THREAD = 32  # fewer rows a thread: the per-step Python calls outwe
 
 _library: ctypes.CDLL | None = None
 _tried = False
-_pool: ThreadPoolExecutor | None = None
 
 
 def available() -> bool:
@@ -165,16 +165,8 @@ def _split_rows(run: Callable[[int, int], None], rows: int) -> None:
     if parts == 1:
         run(0, rows)
         return
-    global _pool
-    if _pool is None or _pool._max_workers < parts:
-        _pool = ThreadPoolExecutor(parts, thread_name_prefix="anna-gru")
     edges = [rows * i // parts for i in range(parts + 1)]
-    torch.set_num_threads(1)  # each Python thread's torch calls stay on its own core
-    try:
-        for future in [_pool.submit(run, a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]:
-            future.result()
-    finally:
-        torch.set_num_threads(threads)
+    on_one_thread_each(lambda part: run(*part), list(zip(edges[:-1], edges[1:], strict=True)), parts)
 
 
 def _load() -> ctypes.CDLL | None:

@@ -11,7 +11,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,6 +23,7 @@ from anna_models.config import TrainParams
 from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig
 from anna_models.metrics import compute_metric, is_better
 from anna_models.sequences import TIME_FEATURES, Sequences
+from anna_models.threads import on_one_thread_each
 
 Progress = Callable[..., None]
 # Inference batches on CPU: up to PREDICT_BATCH rows and PREDICT_TOKENS_PER_THREAD padded events.
@@ -331,7 +331,8 @@ def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, ba
     try:
         threads = torch.get_num_threads()
         if dev.type == "cpu" and threads > 1 and len(plan) > 1:
-            _on_threads(lambda rows: run(*next(tables.batches([rows]))), plan, threads)
+            # Longest batches first, so that no thread is left with one at the end.
+            on_one_thread_each(lambda rows: run(*next(tables.batches([rows]))), plan[::-1], threads)
         else:
             for rows, batches in tables.batches(plan):
                 run(rows, batches)
@@ -342,18 +343,3 @@ def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, ba
         outputs = outputs * config.target_std + config.target_mean
     return (outputs if config.task_type == "multiclass" else outputs[:, 0]), embeddings
 
-
-def _on_threads(work: Callable[[np.ndarray], None], plan: list[np.ndarray], threads: int) -> None:
-    """``work(rows)`` for every planned batch, on ``threads`` Python threads of one torch thread each.
-
-    Batches are independent at inference: a thread per batch keeps each core in one recurrence from start
-    to end, while torch's own threads split every small per-step operation and meet at a barrier after
-    each, which stalls badly when other processes share the cores (10× slower at a load of 10 on 2 cores).
-    torch releases the GIL inside its operations. Longest batches first, so no thread is left with one.
-    """
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, plan[::-1]))  # list(): a worker's exception is raised here
-    finally:
-        torch.set_num_threads(threads)
