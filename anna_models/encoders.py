@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from anna_models.batching import Batch
 
 ARCHITECTURES = ("gru", "lstm", "transformer")
+# Scoring turns embeddings of up to this many codes into lookup tables of input gates (EventEncoder):
+# a table costs vocab × embedding width × gates multiplications once per batch, and a batch holds tens of
+# thousands of events.
+LOOKUP_MAX_VOCAB = 4096
 
 
 def embedding_size(vocab_size: int) -> int:
@@ -92,14 +96,7 @@ class EventEncoder(nn.Module):
     def features(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(B, T, width): embeddings and dense features, with a row's dropout mask in training."""
         parts = [emb(categorical[..., j]) for j, emb in enumerate(self.embeddings)]
-        # Normalised numerics can still have extreme tails (e.g. a one-off huge transfer); clip them.
-        dense = dense.clamp(-8.0, 8.0)
-        if dense.shape[-1] >= 2:
-            # Hour of day and day of week are the last two time features, as fractions of their period:
-            # on a circle, 23:00 sits next to 00:00, so "nights" form one region rather than two.
-            angle = dense[..., -2:] * (2 * math.pi)
-            dense = torch.cat([dense, torch.sin(angle), torch.cos(angle)], dim=-1)
-        parts.append(dense)
+        parts.append(self._dense(dense))
         features = torch.cat(parts, dim=-1)
         if self.training and self.dropout.p > 0:
             # One mask per row, the same at every step (a row loses a feature for its whole history):
@@ -110,6 +107,46 @@ class EventEncoder(nn.Module):
 
     def forward(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         return self.projection(self.features(categorical, dense))
+
+    @staticmethod
+    def _dense(dense: torch.Tensor) -> torch.Tensor:
+        """The dense part of ``features``: clipped, with the circular time features added."""
+        # Normalised numerics can still have extreme tails (e.g. a one-off huge transfer); clip them.
+        dense = dense.clamp(-8.0, 8.0)
+        if dense.shape[-1] >= 2:
+            # Hour of day and day of week are the last two time features, as fractions of their period:
+            # on a circle, 23:00 sits next to 00:00, so "nights" form one region rather than two.
+            angle = dense[..., -2:] * (2 * math.pi)
+            dense = torch.cat([dense, torch.sin(angle), torch.cos(angle)], dim=-1)
+        return dense
+
+    def input_gates(self, categorical: torch.Tensor, dense: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor) -> fused_gru.InputGates:
+        """``F.linear(features(categorical, dense), weight, bias)`` time-major, in parts: for scoring.
+
+        An embedding followed by a linear map is a lookup table (vocab, out): for every feature with at
+        most ``LOOKUP_MAX_VOCAB`` codes an event's share of the product is one row of its table. The tables
+        are made once per call; the compiled step adds an event's rows and multiplies only the remaining
+        features (dense ones, embeddings of larger vocabularies) by their columns. With the demo's card
+        features that skips over 80% of the product's multiplications. The dropout mask is not applied.
+        """
+        categorical, dense = categorical.transpose(0, 1), self._dense(dense.transpose(0, 1))  # (T, B, ·)
+        widths = [emb.embedding_dim for emb in self.embeddings] + [dense.shape[-1]]
+        columns = weight.split(widths, dim=1)
+        tables, codes, rest, rest_columns = [], [], [dense], [columns[-1]]
+        start = 0
+        for j, (emb, part) in enumerate(zip(self.embeddings, columns, strict=False)):
+            if emb.num_embeddings <= LOOKUP_MAX_VOCAB:
+                tables.append(emb.weight @ part.t())
+                codes.append(categorical[..., j].long() + start)
+                start += emb.num_embeddings
+            else:
+                rest.append(emb(categorical[..., j]))
+                rest_columns.append(part)
+        return fused_gru.InputGates(
+            x=torch.cat(rest, dim=-1), weight=torch.cat(rest_columns, dim=1).t(), bias=bias,
+            codes=torch.stack(codes, dim=-1) if codes else None, tables=torch.cat(tables) if tables else None,
+        )
 
 
 class SequenceEncoder(nn.Module):
@@ -160,6 +197,27 @@ class SequenceEncoder(nn.Module):
             out, _ = self.rnn(events.float().transpose(0, 1).contiguous())  # (T, B, H)
         return self._pool(out, lengths)
 
+    def forward_events(self, events: EventEncoder, categorical: torch.Tensor, dense: torch.Tensor,
+                       lengths: torch.Tensor) -> torch.Tensor:
+        """``forward(events(categorical, dense), lengths)``, by the cheapest path there is.
+
+        Scoring a single-layer GRU on CPU runs ``fused_gru.gru_pooled``, which makes the input gates from
+        lookup tables (``EventEncoder.input_gates``) and pools the states as the steps run; anything else
+        goes through ``forward_features``.
+        """
+        rnn = self.rnn
+        if (torch.is_grad_enabled() or self.architecture != "gru" or rnn.num_layers != 1
+                or dense.device.type != "cpu" or not fused_gru.available()):
+            return self.forward_features(events.features(categorical, dense), lengths, events.projection)
+        projection = events.projection
+        with torch.autocast("cpu", enabled=False):
+            w_ih = (rnn.weight_ih_l0 @ projection.weight).float()
+            b_ih = torch.addmv(rnn.bias_ih_l0, rnn.weight_ih_l0, projection.bias).float()
+            gates = events.input_gates(categorical, dense.float(), w_ih, b_ih)
+            last, total, peak = fused_gru.gru_pooled(gates, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
+        mean = total / lengths.clamp(min=1).to(total.dtype).unsqueeze(-1)
+        return self._pooled(last, mean, peak, lengths)
+
     def forward_features(self, features: torch.Tensor, lengths: torch.Tensor, projection: nn.Linear
                          ) -> torch.Tensor:
         """``forward(projection(features), lengths)``, cheaper on CPU where it can be.
@@ -186,10 +244,6 @@ class SequenceEncoder(nn.Module):
             # In float32 whatever autocast asks for, as in forward(): bf16 states drift over long histories.
             with torch.autocast("cpu", enabled=False):
                 gates = F.linear(steps.float(), w_ih.float(), b_ih.float())
-                if not torch.is_grad_enabled():  # scoring: pooled as the steps run, no (T, B, H) states
-                    last, total, peak = fused_gru.gru_pooled(gates, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
-                    mean = total / lengths.clamp(min=1).to(total.dtype).unsqueeze(-1)
-                    return self._pooled(last, mean, peak, lengths)
                 out = fused_gru.gru(gates, rnn.weight_hh_l0, rnn.bias_hh_l0)
             return self._pool(out, lengths)
         weights = [getattr(rnn, f"{kind}_l{layer}") for layer in range(rnn.num_layers)
@@ -256,8 +310,8 @@ class DomainModel(nn.Module):
 
     def forward(self, batches: Mapping[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = [
-            sequence.forward_features(events.features(batches[domain].categorical, batches[domain].dense),
-                                      batches[domain].lengths, events.projection)
+            sequence.forward_events(events, batches[domain].categorical, batches[domain].dense,
+                                    batches[domain].lengths)
             for domain, events, sequence in zip(self.config.domains, self.events, self.sequences, strict=True)
         ]
         # float32 from the pooled states on (a no-op on CPU): bf16 logits keep ~3 digits, which ties scores

@@ -80,16 +80,38 @@ void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out
     }
 }
 
-/* Inference: one step for the rows still inside their history (t < lengths[b]), pooling as it goes.
+/* Scoring: one step for the rows still inside their history (t < lengths[b]), pooling as it goes.
+ * A row's input gates are made here, from three parts, each of which may be absent (NULL or 0 wide):
+ *   gi = bias + sum over f of tables[codes[f]] + x W_x        (W_x NULL: x holds the gates themselves)
+ * tables (vocab, 3 hidden) are embeddings already multiplied by their columns of W_ih, codes index their
+ * rows, and x (n_x wide) are the features that have no table, with W_x (n_x, 3 hidden) their columns.
  * h (rows, hidden) is updated in place; sum and peak accumulate the states, last keeps the state after a
- * row's last event. No per-step states are stored, and padded steps cost nothing but the product. */
-void anna_gru_forward_pooled(int64_t rows, int64_t hidden, int64_t t, const int64_t *restrict lengths,
-                             const float *restrict gi, const float *restrict gh, float *restrict h,
-                             float *restrict sum, float *restrict peak, float *restrict last) {
+ * row's last event. Neither the gates nor the per-step states are stored, and padded steps cost nothing
+ * but the product h W_hh^T that the caller runs for the whole block of rows. */
+void anna_gru_score_step(int64_t rows, int64_t hidden, int64_t t, const int64_t *restrict lengths,
+                         const float *restrict bias, int64_t n_codes, const int64_t *restrict codes,
+                         const float *restrict tables, int64_t n_x, const float *restrict x,
+                         const float *restrict w_x, const float *restrict gh, float *restrict h,
+                         float *restrict sum, float *restrict peak, float *restrict last) {
     const int64_t width = 3 * hidden;
+    float xi[width];
     for (int64_t b = 0; b < rows; b++) {
         if (t >= lengths[b]) continue;
-        const float *restrict xi = gi + b * width, *restrict xh = gh + b * width;
+        for (int64_t j = 0; j < width; j++) xi[j] = bias ? bias[j] : 0.0f;
+        for (int64_t f = 0; f < n_codes; f++) {
+            const float *restrict row = tables + codes[b * n_codes + f] * width;
+            for (int64_t j = 0; j < width; j++) xi[j] += row[j];
+        }
+        const float *restrict xb = x + b * n_x;
+        if (w_x) {
+            for (int64_t k = 0; k < n_x; k++) {
+                const float v = xb[k], *restrict w = w_x + k * width;
+                for (int64_t j = 0; j < width; j++) xi[j] += v * w[j];
+            }
+        } else {
+            for (int64_t j = 0; j < n_x; j++) xi[j] += xb[j];
+        }
+        const float *restrict xh = gh + b * width;
         float *restrict hb = h + b * hidden, *restrict sb = sum + b * hidden, *restrict pb = peak + b * hidden;
         for (int64_t j = 0; j < hidden; j++) {
             float r = 1.0f / (1.0f + exp_approx(-(xi[j] + xh[j])));

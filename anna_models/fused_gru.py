@@ -25,6 +25,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,32 +60,65 @@ def gru(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor) 
         return _forward(gates_in.contiguous(), weight_hh, bias_hh, keep=False)[0]
 
 
-def gru_pooled(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor, lengths: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inference: (state after each row's last event, sum and max of its states), each (B, H).
+@dataclass
+class InputGates:
+    """A GRU's input gates for scoring, time-major, left in parts that the compiled step adds up per row:
+    ``bias + Σ_f tables[codes[..., f]] + x · weight`` (T, B, 3H).
 
-    Row b's steps stop at ``lengths[b]``; the (T, B, H) states are never stored. Rows without events
-    get zeros. Not differentiable.
+    ``tables`` (V, 3H) are embeddings already multiplied by their columns of W_ih, and ``codes`` (T, B, F)
+    index its rows; ``x`` (T, B, k) are the other features and ``weight`` (k, 3H) their rows of W_ihᵀ.
+    ``weight`` None means ``x`` are the gates themselves. Float32 and int64 CPU tensors.
+    """
+
+    x: torch.Tensor
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    tables: torch.Tensor | None = None
+
+
+def gru_pooled(inputs: InputGates, weight_hh: torch.Tensor, bias_hh: torch.Tensor, lengths: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scoring: (state after each row's last event, sum and max of its states), each (B, H).
+
+    Row b's steps stop at ``lengths[b]``; neither the input gates nor the (T, B, H) states are stored.
+    Rows without events get zeros. Not differentiable.
     """
     lib = _load()
     assert lib is not None
-    gates_in = gates_in.contiguous()
-    steps, rows, width = gates_in.shape
-    hidden = width // 3
+    x = inputs.x.detach().float().contiguous()
+    steps, rows, n_x = x.shape
+    hidden = weight_hh.shape[1]
+    width = 3 * hidden
+    weight = None if inputs.weight is None else inputs.weight.detach().float().contiguous()
+    bias = None if inputs.bias is None else inputs.bias.detach().float().contiguous()
+    codes = None if inputs.codes is None else inputs.codes.to(torch.int64).contiguous()
+    tables = None if inputs.tables is None else inputs.tables.detach().float().contiguous()
+    n_codes = 0 if codes is None else codes.shape[-1]
+    if (weight is None and n_x != width) or (weight is not None and weight.shape != (n_x, width)):
+        raise ValueError(f"x is {n_x} wide; it needs weight ({n_x}, {width}), or to be the {width} gates")
     lengths = lengths.to(torch.int64).contiguous()
-    last, total, peak = (gates_in.new_zeros(rows, hidden) for _ in range(3))
-    state, gates_h = gates_in.new_zeros(rows, hidden), gates_in.new_empty(rows, width)
-    weight_t, bias = weight_hh.detach().t(), bias_hh.detach()
+    last, total, peak = (x.new_zeros(rows, hidden) for _ in range(3))
+    state, gates_h = x.new_zeros(rows, hidden), x.new_empty(rows, width)
+    weight_t, bias_hh = weight_hh.detach().t(), bias_hh.detach()
     inference = torch.is_inference_mode_enabled()
+
+    def pointer(tensor: torch.Tensor | None) -> int | None:
+        return None if tensor is None else tensor.data_ptr()
 
     def run(a: int, b: int) -> None:
         with torch.inference_mode(inference), torch.no_grad():
             h, gh, n = state[a:b], gates_h[a:b], b - a
-            pointers = [x[a:b].data_ptr() for x in (lengths, total, peak, last)]
+            fixed, inputs_at = [pointer(lengths[a:b]), pointer(bias), n_codes], [pointer(tables), n_x]
+            pooled = [pointer(part[a:b]) for part in (gates_h, state, total, peak, last)]
+            # Step t's rows a..b start here; stepping by address, not by slicing, saves a view per step.
+            x_at, x_step = x.data_ptr() + a * n_x * 4, rows * n_x * 4
+            codes_at, codes_step = (0, 0) if codes is None else (codes.data_ptr() + a * n_codes * 8,
+                                                                 rows * n_codes * 8)
             for t in range(int(lengths[a:b].max()) if n else 0):
-                torch.addmm(bias, h, weight_t, out=gh)
-                lib.anna_gru_forward_pooled(n, hidden, t, pointers[0], gates_in[t, a:b].data_ptr(),
-                                            gh.data_ptr(), h.data_ptr(), *pointers[1:])
+                torch.addmm(bias_hh, h, weight_t, out=gh)
+                lib.anna_gru_score_step(n, hidden, t, *fixed, codes_at + t * codes_step or None, *inputs_at,
+                                        x_at + t * x_step, pointer(weight), *pooled)
 
     _split_rows(run, rows)
     return last, total, peak
@@ -200,8 +234,9 @@ def _compile() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.anna_gru_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.anna_gru_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.anna_gru_forward_pooled.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = lib.anna_gru_forward_pooled.restype = None
+    lib.anna_gru_score_step.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
+                                        ptr, ptr]
+    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = lib.anna_gru_score_step.restype = None
     return lib
 
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from anna_models import fused_gru
 from anna_models.batching import EventTable
-from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig
-from tests.anna_models.test_encoders import small_sequences
+from anna_models.encoders import LOOKUP_MAX_VOCAB, DomainModel, EncoderConfig, ModelConfig
+from anna_models.sequences import Sequences
 
 
 def test_it_is_built_wherever_a_c_compiler_is() -> None:
@@ -67,7 +67,8 @@ def test_scoring_pools_each_row_over_its_own_events_only(threads: int) -> None:
     try:
         with torch.inference_mode():
             states = rnn(x)[0]
-            last, total, peak = fused_gru.gru_pooled(gates, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
+            gates_in = fused_gru.InputGates(gates)  # the gates themselves, not their parts
+            last, total, peak = fused_gru.gru_pooled(gates_in, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
     finally:
         torch.set_num_threads(before)
     for b, n in enumerate(lengths.tolist()):
@@ -79,15 +80,44 @@ def test_scoring_pools_each_row_over_its_own_events_only(threads: int) -> None:
         torch.testing.assert_close(peak[b], states[:n, b].amax(0), atol=2e-6, rtol=1e-5)
 
 
-def test_an_encoder_scores_the_same_with_the_fused_gru_and_without(monkeypatch: pytest.MonkeyPatch) -> None:
+def sequences_with(vocab: dict[str, int], lengths: list[int], seed: int = 0) -> Sequences:
+    rng = np.random.default_rng(seed)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    events = int(offsets[-1])
+    return Sequences(
+        offsets=offsets, categorical={name: rng.integers(1, size, events).astype(np.int32)
+                                      for name, size in vocab.items()},
+        numeric={"amount": rng.normal(size=events).astype(np.float32)},
+        time_features=rng.random((events, 4)).astype(np.float32),
+    )
+
+
+LARGE = LOOKUP_MAX_VOCAB + 1  # embedded and multiplied when scoring, not looked up
+
+
+@pytest.mark.parametrize(("vocab", "threads"), [
+    ({"mcc": 20}, 1),  # scoring looks the input gates up
+    ({"channel": 4, "mcc": 20, "merchant": LARGE}, 2),  # tables and a product; rows split between threads
+    ({"merchant": LARGE}, 1),  # no table
+    ({}, 1),  # no categorical feature at all
+])
+def test_an_encoder_scores_the_same_with_the_fused_gru_and_without(
+    monkeypatch: pytest.MonkeyPatch, vocab: dict[str, int], threads: int
+) -> None:
     torch.manual_seed(0)
-    config = EncoderConfig(categorical={"mcc": 20}, n_dense=5, architecture="gru", hidden=32)
+    config = EncoderConfig(categorical=vocab, n_dense=5, architecture="gru", hidden=32)
     model = DomainModel(ModelConfig(encoders={"card": config}, task_type="binary", n_outputs=1, hidden=16))
-    batch = EventTable(small_sequences([6, 0, 13, 1])).batch(np.arange(4))
+    lengths = [6, 0, 13, 1] * 20
+    batch = EventTable(sequences_with(vocab, lengths)).batch(np.arange(len(lengths)))
     model.eval()  # no dropout draws: both passes must see the same inputs
     out, _ = model({"card": batch})
-    with torch.inference_mode():
-        scored, _ = model({"card": batch})  # scoring pools as the steps run
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            scored, _ = model({"card": batch})  # scoring: gates from the tables, pooled as the steps run
+    finally:
+        torch.set_num_threads(before)
     fused_grads = torch.autograd.grad(out.sum(), list(model.parameters()))
     monkeypatch.setattr(fused_gru, "available", lambda: False)  # as on a machine without a compiler
     plain, _ = model({"card": batch})
