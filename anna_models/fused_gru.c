@@ -81,8 +81,8 @@ void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out
 }
 
 /* Scoring: one step for the rows still inside their history (t < lengths[b]), pooling as it goes.
- * A row's input gates are made here, from three parts, each of which may be absent (NULL or 0 wide):
- *   gi = bias + sum over f of tables[codes[f]] + x W_x        (W_x NULL: x holds the gates themselves)
+ * A row's input gates are made here, from three parts (bias may be NULL, codes and x 0 wide):
+ *   gi = bias + sum over f of tables[codes[f]] + x W_x
  * tables (vocab, 3 hidden) are embeddings already multiplied by their columns of W_ih, codes index their
  * rows, and x (n_x wide) are the features that have no table, with W_x (n_x, 3 hidden) their columns.
  * h (rows, hidden) is updated in place; sum and peak accumulate the states, last keeps the state after a
@@ -103,13 +103,9 @@ void anna_gru_score_step(int64_t rows, int64_t hidden, int64_t t, const int64_t 
             for (int64_t j = 0; j < width; j++) xi[j] += row[j];
         }
         const float *restrict xb = x + b * n_x;
-        if (w_x) {
-            for (int64_t k = 0; k < n_x; k++) {
-                const float v = xb[k], *restrict w = w_x + k * width;
-                for (int64_t j = 0; j < width; j++) xi[j] += v * w[j];
-            }
-        } else {
-            for (int64_t j = 0; j < n_x; j++) xi[j] += xb[j];
+        for (int64_t k = 0; k < n_x; k++) {
+            const float v = xb[k], *restrict w = w_x + k * width;
+            for (int64_t j = 0; j < width; j++) xi[j] += v * w[j];
         }
         const float *restrict xh = gh + b * width;
         float *restrict hb = h + b * hidden, *restrict sb = sum + b * hidden, *restrict pb = peak + b * hidden;

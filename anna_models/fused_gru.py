@@ -67,11 +67,11 @@ class InputGates:
 
     ``tables`` (V, 3H) are embeddings already multiplied by their columns of W_ih, and ``codes`` (T, B, F)
     index its rows; ``x`` (T, B, k) are the other features and ``weight`` (k, 3H) their rows of W_ihᵀ.
-    ``weight`` None means ``x`` are the gates themselves. Float32 and int64 CPU tensors.
+    Float32 and int64 CPU tensors.
     """
 
     x: torch.Tensor
-    weight: torch.Tensor | None = None
+    weight: torch.Tensor
     bias: torch.Tensor | None = None
     codes: torch.Tensor | None = None
     tables: torch.Tensor | None = None
@@ -90,13 +90,13 @@ def gru_pooled(inputs: InputGates, weight_hh: torch.Tensor, bias_hh: torch.Tenso
     steps, rows, n_x = x.shape
     hidden = weight_hh.shape[1]
     width = 3 * hidden
-    weight = None if inputs.weight is None else inputs.weight.detach().float().contiguous()
+    weight = inputs.weight.detach().float().contiguous()
     bias = None if inputs.bias is None else inputs.bias.detach().float().contiguous()
     codes = None if inputs.codes is None else inputs.codes.to(torch.int64).contiguous()
     tables = None if inputs.tables is None else inputs.tables.detach().float().contiguous()
     n_codes = 0 if codes is None else codes.shape[-1]
-    if (weight is None and n_x != width) or (weight is not None and weight.shape != (n_x, width)):
-        raise ValueError(f"x is {n_x} wide; it needs weight ({n_x}, {width}), or to be the {width} gates")
+    if weight.shape != (n_x, width):
+        raise ValueError(f"x is {n_x} wide: weight must be ({n_x}, {width}), not {tuple(weight.shape)}")
     lengths = lengths.to(torch.int64).contiguous()
     last, total, peak = (x.new_zeros(rows, hidden) for _ in range(3))
     state, gates_h = x.new_zeros(rows, hidden), x.new_empty(rows, width)
@@ -118,7 +118,7 @@ def gru_pooled(inputs: InputGates, weight_hh: torch.Tensor, bias_hh: torch.Tenso
             for t in range(int(lengths[a:b].max()) if n else 0):
                 torch.addmm(bias_hh, h, weight_t, out=gh)
                 lib.anna_gru_score_step(n, hidden, t, *fixed, codes_at + t * codes_step or None, *inputs_at,
-                                        x_at + t * x_step, pointer(weight), *pooled)
+                                        x_at + t * x_step, weight.data_ptr(), *pooled)
 
     _split_rows(run, rows)
     return last, total, peak

@@ -61,13 +61,12 @@ def test_scoring_pools_each_row_over_its_own_events_only(threads: int) -> None:
     rnn = nn.GRU(6, 16)
     lengths = torch.tensor([12, 0, 1, 7, 12, 3] * 12)  # 72 rows: split between threads when there are 2
     x = torch.randn(12, len(lengths), 6)
-    gates = torch.nn.functional.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
             states = rnn(x)[0]
-            gates_in = fused_gru.InputGates(gates)  # the gates themselves, not their parts
+            gates_in = fused_gru.InputGates(x, weight=rnn.weight_ih_l0.t(), bias=rnn.bias_ih_l0)  # no tables
             last, total, peak = fused_gru.gru_pooled(gates_in, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
     finally:
         torch.set_num_threads(before)
