@@ -118,6 +118,34 @@ def _objective(task_type: str, metric: str, n_classes: int) -> dict[str, Any]:
     return {**objective, "metric": stopping or LOSS[task_type]}
 
 
+# What each setting may be: (type, smallest, largest); min_child_samples may also be None (automatic).
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "num_leaves": (int, 2, 131072), "learning_rate": (float, 1e-6, 1.0), "min_child_samples": (int, 1, 1e9),
+    "feature_fraction": (float, 1e-6, 1.0), "lambda_l2": (float, 0.0, 1e9), "num_rounds": (int, 1, 1e6),
+    "early_stopping": (int, 1, 1e6), "num_threads": (int, 1, 1024), "stopping_share": (float, 0.01, 0.9),
+}
+
+
+def lightgbm_settings(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` (a run's ``params["lightgbm"]``) over ``DEFAULT_PARAMS``, checked: a ``ValueError``
+    names the first unknown key or the setting whose value is of the wrong type or out of range."""
+    settings = {**DEFAULT_PARAMS, **(params or {})}
+    unknown = sorted(set(settings) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown LightGBM parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+    for name, (kind, low, high) in _RANGES.items():
+        value = settings[name]
+        if value is None and name == "min_child_samples":
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            raise ValueError(f"LightGBM's {name} must be a{'n' if kind is int else ''} {kind.__name__}; "
+                             f"got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"LightGBM's {name} must be within {low:g}..{high:g}; got {value!r}")
+    return settings
+
+
 def train_aggregate_model(train: Mapping[str, Sequences], y_train: np.ndarray, *, client_id: np.ndarray,
                           task_type: str, metric: str, classes: list, features: Mapping[str, dict],
                           params: Mapping[str, Any] | None = None, seed: int = 0,
@@ -130,10 +158,7 @@ def train_aggregate_model(train: Mapping[str, Sequences], y_train: np.ndarray, *
     """
     import lightgbm
 
-    settings = {**DEFAULT_PARAMS, **(params or {})}
-    unknown = sorted(set(settings) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ValueError(f"unknown LightGBM parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+    settings = lightgbm_settings(params)
     domains = sorted(train)
     x, columns = aggregate_matrix(train, domains, features)
     y = np.asarray(y_train, dtype=np.float64)

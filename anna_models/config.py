@@ -17,10 +17,13 @@ METRICS = {
 DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
 
 
+FUSION = "fusion"  # the model over all domains at once; no domain may take this name
+LIGHTGBM = "lightgbm"  # LightGBM on every domain's aggregates (anna_models.boosting); reserved too
+
 # Per-model defaults over TrainParams' own. "fusion" is the model over all domains at once: it runs
 # alone after the domain encoders (so it may take two threads), and with three domains inside it a
 # narrower GRU per domain trains in half the time at the same quality (demo: test ROC-AUC 0.816 vs 0.815).
-DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {"fusion": {"hidden": 32, "threads": 2}}
+DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {FUSION: {"hidden": 32, "threads": 2}}
 
 
 @dataclass

@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anna_models.config import FUSION as FUSION  # re-exported: callers use pipeline.FUSION
+from anna_models.config import LIGHTGBM as LIGHTGBM  # and pipeline.LIGHTGBM
 from anna_models.config import METRICS, TASK_TYPES, StepContext, TrainParams
 from anna_models.split import PARTS, prepare_split, read_split
 from anna_models.split import split_sample as split_sample  # re-exported: callers use pipeline.split_sample
 from anna_models.steps import idempotent, write_json
 from anna_models.steps import marker_path as marker_path  # re-exported: callers use pipeline.marker_path
-
-FUSION = "fusion"  # the model over all domains; no domain may take this name
-LIGHTGBM = "lightgbm"  # LightGBM on every domain's aggregates; reserved too
 
 
 def step_name(step: Callable, domain: str | None = None) -> str:

@@ -119,7 +119,7 @@ def anna_training() -> None:
 
     @task(pool=POOL)
     def train_fusion() -> None:
-        # "fusion" is anna_models.pipeline.FUSION, spelled out: importing the pipeline loads numpy before
+        # "fusion" is anna_models.config.FUSION, spelled out: importing anna_models loads numpy before
         # the thread count is set.
         run_step("train_fusion", threads_of="fusion")
 

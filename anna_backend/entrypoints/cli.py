@@ -289,7 +289,8 @@ def sample_upload(env: CliEnv, task_ref: str, file: Path) -> None:
     "--param", "params", multiple=True, metavar="KEY=VALUE", help="For every domain, e.g. max_epochs=5."
 )
 @click.option(
-    "--domain-param", "domain_params", multiple=True, metavar="DOMAIN.KEY=VALUE", help="For one domain."
+    "--domain-param", "domain_params", multiple=True, metavar="DOMAIN.KEY=VALUE",
+    help="For one domain, or for the fusion or LightGBM model (fusion.hidden=16, lightgbm.num_leaves=7)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--wait", is_flag=True, help="Follow the run until it finishes; exit 0 only if it succeeded.")

@@ -140,7 +140,8 @@ class SamplePublic(BaseModel):
 class RunCreate(_Create):
     sample_id: int | None = Field(default=None, description="default: the task's latest sample")
     params: dict[str, dict[str, Any]] | None = Field(
-        default=None, description='training parameters: {"default": {...}, "<domain>": {...}}')
+        default=None, description='training parameters: {"default": {...}, "<domain>": {...}, '
+                                  '"fusion": {...}, "lightgbm": {...}} (docs/api.md)')
     seed: int = Field(default=0, ge=0)
 
 

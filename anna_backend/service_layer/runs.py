@@ -12,7 +12,8 @@ from anna_backend.domain.errors import Conflict, InvalidInput, NotFound, Service
 from anna_backend.domain.model import Run, RunState, Sample, Task, User
 from anna_backend.service_layer.ports import AbstractUnitOfWork, Backend, DeadRequest
 from anna_backend.service_layer.tasks import get_task, require_writer, resolve_task
-from anna_models.config import RunConfig, TrainParams
+from anna_models.boosting import lightgbm_settings
+from anna_models.config import FUSION, LIGHTGBM, RunConfig, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +67,37 @@ def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 
 def _checked_params(params: dict[str, Any], task: Task) -> None:
-    allowed = {"default", *task.domains}
+    """422 naming the key to fix, before anything is queued: keys are 'default', the task's domains,
+    'fusion' (the model over all domains) and 'lightgbm' (anna_models.boosting's settings)."""
+    allowed = {"default", *task.domains, FUSION, LIGHTGBM}
     for key, values in params.items():
         if key not in allowed:
-            raise InvalidInput.field(("body", "params", key), f"params keys are 'default' or one of the "
-                                                              f"task's domains {task.domains}; got {key!r}")
+            raise InvalidInput.field(("body", "params", key), f"params keys are 'default', one of the task's "
+                                                              f"domains {task.domains}, '{FUSION}' or "
+                                                              f"'{LIGHTGBM}'; got {key!r}")
         if not isinstance(values, dict):
             raise InvalidInput.field(("body", "params", key), "each params entry is an object of "
                                                               "training parameters")
+    try:
+        lightgbm_settings(params.get(LIGHTGBM))
+    except ValueError as error:
+        raise InvalidInput.field(("body", "params", LIGHTGBM), str(error)) from None
     kinds = {f.name: type(f.default) for f in fields(TrainParams)}
-    for domain in task.domains:
+    for model in [*task.domains, FUSION]:
         try:
-            merged = TrainParams.for_domain(params, domain)
+            merged = TrainParams.for_domain(params, model)
         except ValueError as error:
-            raise InvalidInput.field(("body", "params"), str(error)) from None
+            raise InvalidInput.field(("body", "params", model), str(error)) from None
         for name, kind in kinds.items():
             value = getattr(merged, name)
             fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
             if kind is float:
                 fits = isinstance(value, int | float) and not isinstance(value, bool)
             if not fits:
-                raise InvalidInput.field(("body", "params", domain, name),
+                raise InvalidInput.field(("body", "params", model, name),
                                          f"{name} must be a {kind.__name__}; got {value!r}")
             if kind in (int, float) and value < 0:
-                raise InvalidInput.field(("body", "params", domain, name), f"{name} must not be negative")
+                raise InvalidInput.field(("body", "params", model, name), f"{name} must not be negative")
 
 
 def _pick_sample(uow: AbstractUnitOfWork, task: Task, sample_id: int | None) -> Sample:

@@ -123,10 +123,26 @@ def test_run_is_a_tagged_commit_with_exactly_the_run_config(
 def test_run_params_are_checked(make_task: MakeTask, api: Api, analyst: dict[str, str]) -> None:
     make_task("churn")
     upload(api, analyst, "churn", csv_bytes(sample_frame()))
-    for params in ({"default": {"hiden": 8}}, {"telecom": {"hidden": 8}}, {"default": {"hidden": "big"}}):
+    for params, names in (({"default": {"hiden": 8}}, "hiden"), ({"telecom": {"hidden": 8}}, "telecom"),
+                          ({"default": {"hidden": "big"}}, "hidden"), ({"fusion": {"hiden": 8}}, "hiden"),
+                          ({"lightgbm": {"leaves": 8}}, "leaves"),
+                          ({"lightgbm": {"num_leaves": 1}}, "num_leaves"),
+                          ({"lightgbm": {"learning_rate": "fast"}}, "learning_rate")):
         answer = api.client.post("/tasks/churn/runs", json={"params": params}, headers=analyst)
         assert answer.status_code == 422, (params, answer.text)
+        assert names in answer.text, answer.text  # the message names what to fix
     assert api.client.get("/runs", headers=analyst).json() == []
+
+
+def test_run_takes_fusion_and_lightgbm_params(make_task: MakeTask, api: Api, analyst: dict[str, str],
+                                              backend: Backend) -> None:
+    make_task("churn")
+    upload(api, analyst, "churn", csv_bytes(sample_frame()))
+    params = {"fusion": {"hidden": 16}, "lightgbm": {"num_leaves": 7, "learning_rate": 0.05,
+                                                     "min_child_samples": None}}
+    answer = api.client.post("/tasks/churn/runs", json={"params": params}, headers=analyst)
+    assert answer.status_code == 201, answer.text
+    assert backend.model_config.read_run_config(answer.json()["id"]).params == params
 
 
 def test_run_without_a_sample_is_409(make_task: MakeTask, api: Api, analyst: dict[str, str]) -> None:

@@ -158,3 +158,18 @@ def test_lightgbm_multiclass_and_regression_outputs() -> None:
     with pytest.raises(ValueError, match="unknown LightGBM parameter"):
         train_aggregate_model({"cards": seqs}, amounts, client_id=clients, task_type="regression",
                               metric="rmse", classes=[], features={"cards": FEATURES}, params={"leaves": 3})
+
+
+def test_lightgbm_settings_name_the_setting_to_fix() -> None:
+    from anna_models.boosting import DEFAULT_PARAMS, lightgbm_settings
+
+    assert lightgbm_settings(None) == DEFAULT_PARAMS
+    assert lightgbm_settings({"num_leaves": 7, "lambda_l2": 0})["num_leaves"] == 7
+    for params, message in (({"leaves": 3}, "unknown LightGBM parameter"),
+                            ({"num_leaves": 2.5}, "num_leaves must be an int"),
+                            ({"num_rounds": True}, "num_rounds must be an int"),
+                            ({"learning_rate": "fast"}, "learning_rate must be a float"),
+                            ({"feature_fraction": 1.5}, r"feature_fraction must be within 1e-06\.\.1"),
+                            ({"min_child_samples": 0}, "min_child_samples must be within")):
+        with pytest.raises(ValueError, match=message):
+            lightgbm_settings(params)
