@@ -62,6 +62,7 @@ bench: bench-install
 	$(BENCH_VENV)/bin/python bench/pretrain.py
 	$(BENCH_VENV)/bin/python bench/oracle_gap.py
 	$(BENCH_VENV)/bin/python bench/cdnow.py $(CDNOW)
+	$(BENCH_VENV)/bin/python bench/cdnow_ceiling.py $(CDNOW)
 
 # Re-pin every dependency after changing pyproject.toml (needs a working .venv).
 lock:

@@ -75,9 +75,10 @@ def scores_of(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------- ANNA
 
 
-def run_anna(prep: dict[str, Any], seed: int, params: dict[str, Any]) -> dict[str, Any]:
-    """A user's run: every pipeline step in order (one domain: no fusion model), then its blended test
-    scores, checked to be exactly the README's test rows."""
+def run_pipeline(prep: dict[str, Any], seed: int, params: dict[str, Any], sample_path: Path,
+                 ) -> tuple[Path, float, dict[str, float]]:
+    """A user's run on ``sample_path``: every pipeline step in order (one domain: no fusion model).
+    Returns the run's folder, its wall time and each step's seconds."""
     from anna_models import pipeline
     from anna_models.config import RunConfig, StepContext
 
@@ -86,7 +87,7 @@ def run_anna(prep: dict[str, Any], seed: int, params: dict[str, Any]) -> dict[st
     run_id = int(time.time() * 1000) % 2**31
     config = RunConfig(
         run_id=run_id, task_name="cdnow-repurchase-90d", task_type="binary", metric="roc_auc",
-        domains=[data.DOMAIN], sample_path=str(prep["sample_path"]), sample_fingerprint="bench-cdnow",
+        domains=[data.DOMAIN], sample_path=str(sample_path), sample_fingerprint="bench-cdnow",
         marts_root=str(work_dir / "marts"), mart_versions={data.DOMAIN: prep["manifest"]["version"]},
         tracking_uri=f"sqlite:///{(work_dir / 'mlflow' / 'mlflow.db').resolve()}", params=params, seed=seed,
     )
@@ -101,16 +102,28 @@ def run_anna(prep: dict[str, Any], seed: int, params: dict[str, Any]) -> dict[st
         t = time.perf_counter()
         step()
         timings[name] = round(time.perf_counter() - t, 2)
-    seconds = time.perf_counter() - started
+    return ctx.run_dir, time.perf_counter() - started, timings
 
-    split = pd.read_parquet(ctx.run_dir / "split.parquet")
-    blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
-    test = blended[blended["part"] == "test"].merge(split[["row", "client_id", "report_date", "y"]], on="row")
+
+def blended_test_rows(run_dir: Path) -> pd.DataFrame:
+    """The run's test rows: ``client_id``, ``report_date``, ``y`` and the blended ``score_0``."""
+    split = pd.read_parquet(run_dir / "split.parquet")
+    blended = pd.read_parquet(run_dir / "blend" / "predictions.parquet")
+    return blended[blended["part"] == "test"].merge(split[["row", "client_id", "report_date", "y"]], on="row")
+
+
+def run_anna(prep: dict[str, Any], seed: int, params: dict[str, Any]) -> dict[str, Any]:
+    """A user's run on the benchmark's sample, then its blended test scores, checked to be exactly the
+    README's test rows."""
+    from anna_models import pipeline
+
+    run_dir, seconds, timings = run_pipeline(prep, seed, params, prep["sample_path"])
+    test = blended_test_rows(run_dir)
     expected = prep["sample"][prep["sample"]["part"] == "test"]
     if not _same_rows(test, expected):
         raise RuntimeError("ANNA's test rows differ from the README's test rows (report date 1998-01-01)")
-    report = json.loads((ctx.run_dir / "report.json").read_text())
-    epochs = json.loads(pipeline.marker_path(ctx.run_dir, f"train.{data.DOMAIN}").read_text())["epochs"]
+    report = json.loads((run_dir / "report.json").read_text())
+    epochs = json.loads(pipeline.marker_path(run_dir, f"train.{data.DOMAIN}").read_text())["epochs"]
     return {**scores_of(test["y"].to_numpy(), test["score_0"].to_numpy()), "seconds": seconds,
             "timings": timings, "epochs": epochs,
             "domain_test_roc_auc": report["domains"][data.DOMAIN]["test"]["metrics"]["roc_auc"],
@@ -132,8 +145,6 @@ def _same_rows(found: pd.DataFrame, expected: pd.DataFrame) -> bool:
 def run_lightgbm(prep: dict[str, Any], seed: int, *, anna_parts: bool = False) -> dict[str, Any]:
     """LightGBM on the aggregates; stops early on a random 15% of the train clients, or, with
     ``anna_parts``, fits on 1997-07-01 and stops on 1997-10-01 as ANNA's out-of-time split does."""
-    import lightgbm as lgb
-
     started = time.perf_counter()
     sample, x = prep["sample"], prep["features"]
     if anna_parts:
@@ -144,15 +155,23 @@ def run_lightgbm(prep: dict[str, Any], seed: int, *, anna_parts: bool = False) -
         fit = (sample["part"] == "train").to_numpy() & ~valid
     test = (sample["part"] == "test").to_numpy()
     y = sample["target"].to_numpy()
+    score, trees = fit_lightgbm(x[fit], y[fit], x[valid], y[valid], x[test], seed)
+    return {**scores_of(y[test], score), "seconds": time.perf_counter() - started, "trees": trees}
+
+
+def fit_lightgbm(x_fit: pd.DataFrame, y_fit: np.ndarray, x_stop: pd.DataFrame, y_stop: np.ndarray,
+                 x_score: pd.DataFrame, seed: int) -> tuple[np.ndarray, int]:
+    """The LightGBM peer: fits on ``x_fit``, stops early on ``x_stop``'s ROC-AUC after 200 rounds without
+    gain; returns the probabilities of ``x_score`` and the number of trees kept."""
+    import lightgbm as lgb
+
     model = lgb.LGBMClassifier(
         n_estimators=3000, learning_rate=0.02, num_leaves=15, min_child_samples=100, subsample=0.8,
         subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0, random_state=seed, n_jobs=THREADS, verbose=-1,
     )
-    model.fit(x[fit], y[fit], eval_X=(x[valid],), eval_y=(y[valid],), eval_metric="auc",
+    model.fit(x_fit, y_fit, eval_X=(x_stop,), eval_y=(y_stop,), eval_metric="auc",
               callbacks=[lgb.early_stopping(200, verbose=False)])
-    score = model.predict_proba(x[test])[:, 1]
-    return {**scores_of(y[test], score), "seconds": time.perf_counter() - started,
-            "trees": int(model.best_iteration_)}
+    return model.predict_proba(x_score)[:, 1], int(model.best_iteration_)
 
 
 def run_bgnbd(prep: dict[str, Any]) -> dict[str, Any]:

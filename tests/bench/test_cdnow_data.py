@@ -146,3 +146,29 @@ def test_benchmark_module_imports_without_the_peers_or_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert cdnow.PEERS == ("anna", "lightgbm", "lightgbm_anna_parts", "bgnbd", "ptls")
+
+
+def test_ceiling_history_features_use_only_purchase_days_strictly_before_the_report_date(raw: Path) -> None:
+    import cdnow_ceiling
+
+    events = data.read_raw(raw)
+    sample = data.build_sample(events)
+    features = cdnow_ceiling.history_features(events, sample)
+    assert len(features) == len(sample)
+    at = features.set_index(pd.MultiIndex.from_frame(sample[["client_id", "report_date"]].astype(
+        {"report_date": str})))
+    client5 = at.loc[(5, "1998-01-01")]  # purchase days 02-10, 09-29, 12-29 before; 1998-03-31 after
+    assert client5[["age_0", "age_1", "age_2"]].tolist() == [3.0, 94.0, 325.0]
+    assert np.isnan(client5["age_3"]) and client5["dollars_0"] == pytest.approx(13.0)
+    assert client5["first_dollars"] == pytest.approx(9.0) and client5["first_day_of_year"] == 41
+    assert client5[["days_60d", "days_120d", "days_270d"]].tolist() == [1.0, 2.0, 2.0]
+    client1 = at.loc[(1, "1997-07-01")]  # the purchase on the report date itself is target, not history
+    assert client1["age_0"] == 122 and np.isnan(client1["age_1"]) and client1["days_270d"] == 1
+    # Changing every purchase at or after a row's report date leaves that row's features as they were.
+    for row in sample.itertuples():
+        late = events.copy()
+        after = (late["client_id"] == row.client_id) & (late["event_time"] >= row.report_date)
+        late.loc[after, "dollar_value"] += 1000.0
+        late.loc[after, "event_time"] += pd.Timedelta(days=1)
+        again = cdnow_ceiling.history_features(late, sample.iloc[[row.Index]].reset_index(drop=True))
+        pd.testing.assert_frame_equal(again, features.iloc[[row.Index]].reset_index(drop=True))
