@@ -29,26 +29,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_demo import TASKS, ensure_demo  # noqa: E402
+from train_demo import TASKS, ensure_demo, pretrain_worker  # noqa: E402
 
 from anna_models import pipeline  # noqa: E402
 from anna_models.config import DEFAULT_METRIC, RunConfig, StepContext  # noqa: E402
 from anna_models.metrics import HIGHER_IS_BETTER, is_better  # noqa: E402
-
-
-def _pretrain(args: tuple[str, str, dict, int | None]) -> dict[str, Any]:
-    """One worker: pretrain one domain, save it to a folder; returns the folder, seconds and history."""
-    from anna_models.coles import ColesParams
-    from anna_models.pretrain import pretrain_domain, save_encoder
-
-    mart_path, cutoff, coles, clients = args
-    started = time.perf_counter()
-    encoder, history = pretrain_domain(Path(mart_path), before=cutoff, params=ColesParams(**coles),
-                                       clients=clients)
-    seconds = time.perf_counter() - started
-    folder = save_encoder(encoder, Path(mart_path).parents[1] / "pretrained" / Path(mart_path).name)
-    return {"domain": encoder.domain, "folder": str(folder), "seconds": seconds, "history": history}
-
 
 MODES = ("scratch", "fine-tuned", "frozen")  # frozen: the pretrained encoder stays, embed + head learn
 
@@ -135,7 +120,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     started = time.perf_counter()
     with context.Pool(args.workers) as pool:
         jobs = [(str(data_dir / "marts" / d), cutoff, coles, args.pretrain_clients) for d in domains]
-        pretrained = {r["domain"]: r for r in pool.imap_unordered(_pretrain, jobs)}
+        pretrained = {r["domain"]: r for r in pool.imap_unordered(pretrain_worker, jobs)}
     pretrain_wall = time.perf_counter() - started
     for domain, result in sorted(pretrained.items()):
         last = result["history"][-1]

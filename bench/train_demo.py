@@ -6,6 +6,7 @@ and prints each step's wall time, the encoders' throughput and the report's metr
 
     python bench/train_demo.py [--clients 20000] [--seed 0] [--data-dir DIR] [--workers 3]
                                [--sample default_12m] [--params '{"default": {"hidden": 64}}'] [--no-write]
+                               [--pretrain-epochs 4]
 """
 
 from __future__ import annotations
@@ -70,6 +71,40 @@ def _per_domain(args: tuple[str, str, str]) -> dict[str, float]:
     return timings
 
 
+def pretrain_worker(args: tuple[str, str, dict, int | None]) -> dict[str, Any]:
+    """One worker: pretrain one domain, save it to a folder; returns the folder, seconds and history."""
+    from anna_models.coles import ColesParams
+    from anna_models.pretrain import pretrain_domain, save_encoder
+
+    mart_path, cutoff, coles, clients = args
+    started = time.perf_counter()
+    encoder, history = pretrain_domain(Path(mart_path), before=cutoff, params=ColesParams(**coles),
+                                       clients=clients)
+    seconds = time.perf_counter() - started
+    folder = save_encoder(encoder, Path(mart_path).parents[1] / "pretrained" / Path(mart_path).name)
+    return {"domain": encoder.domain, "folder": str(folder), "seconds": seconds, "history": history}
+
+
+def pretrain_domains(data_dir: Path, summary: dict[str, Any], cutoff: str, epochs: int, seed: int,
+                     workers: int, tracking_uri: str) -> dict[str, Any]:
+    """Pretrain every domain's encoder on its events strictly before ``cutoff`` (domains in parallel
+    processes) and register each in ``tracking_uri``, where the run's train step finds it as a user's
+    run would. Returns per domain the seconds and the last epoch's view accuracy."""
+    from anna_models.pretrain import load_encoder, log_encoder
+
+    domains = sorted(summary["mart_versions"])
+    jobs = [(str(data_dir / "marts" / d), cutoff, {"epochs": epochs, "seed": seed}, None) for d in domains]
+    print(f"pretraining {', '.join(domains)} on events before {cutoff}, {epochs} epochs ...", flush=True)
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        done = {r["domain"]: r for r in pool.imap_unordered(pretrain_worker, jobs)}
+    for domain, result in sorted(done.items()):
+        log_encoder(load_encoder(Path(result["folder"])), tracking_uri)
+        print(f"  pretrain.{domain:<19} {result['seconds']:7.1f} s, view accuracy "
+              f"{result['history'][-1]['accuracy']:.3f}", flush=True)
+    return {d: {"seconds": round(r["seconds"], 1), "view_accuracy": r["history"][-1]["accuracy"]}
+            for d, r in sorted(done.items())}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(args.data_dir or Path(tempfile.gettempdir()) / f"anna-demo-{args.clients}-{args.seed}")
     summary = ensure_demo(data_dir, args.clients, args.seed)
@@ -79,6 +114,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sample_path.parent.mkdir(parents=True, exist_ok=True)
     sample.to_parquet(sample_path, index=False)
     (data_dir / "mlflow").mkdir(exist_ok=True)
+    # A store of its own with pretrained encoders: runs without them must not find them.
+    store = "with-pretrained.db" if args.pretrain_epochs else "mlflow.db"
+    tracking_uri = f"sqlite:///{(data_dir / 'mlflow' / store).resolve()}"
+    pretrained: dict[str, Any] = {}
+    if args.pretrain_epochs:
+        t = time.perf_counter()
+        cutoff = str(sample["report_date"].min().date())  # every row's events before it are allowed
+        pretrained = pretrain_domains(data_dir, summary, cutoff, args.pretrain_epochs, args.seed,
+                                      args.workers, tracking_uri)
+        pretrained["(parallel)"] = {"seconds": round(time.perf_counter() - t, 1), "cutoff": cutoff}
     run_id = int(time.time())
     config = RunConfig(
         run_id=run_id,
@@ -90,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sample_fingerprint="bench",
         marts_root=str(data_dir / "marts"),
         mart_versions=summary["mart_versions"],
-        tracking_uri=f"sqlite:///{(data_dir / 'mlflow' / 'mlflow.db').resolve()}",
+        tracking_uri=tracking_uri,
         params=json.loads(args.params),
         seed=args.seed,
     )
@@ -128,6 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": config,
         "run_dir": ctx.run_dir,
         "data_dir": data_dir,
+        "pretrained": pretrained,
     }
 
 
@@ -221,6 +267,10 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
             f"| fusion (all domains) | {fusion['valid']['metrics'][metric]:.4f} | "
             f"{fusion['test']['metrics'][metric]:.4f} |"
         )
+    if "lightgbm" in report:
+        boosted = report["lightgbm"]
+        lines.append(f"| LightGBM (aggregates of all domains) | {boosted['valid']['metrics'][metric]:.4f} | "
+                     f"{boosted['test']['metrics'][metric]:.4f} |")
     blended = report["blend"]["test"]["metrics"][metric]
     lines.append(f"| **blend** | {report['blend']['valid']['metrics'][metric]:.4f} | **{blended:.4f}** |")
     if oracle["test"] is not None:
@@ -249,6 +299,13 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
         f"{result['threads']} thread(s): {result.get('scoring', {}).get('clients_per_s', 0):,.0f} clients/s "
         f"on {result.get('scoring', {}).get('rows', 0):,} rows",
         "",
+        "Encoder start chosen by each domain's search: " + ", ".join(
+            f"{d} {next((t['init'] for t in e.get('trials', []) if t.get('chosen')), 'scratch')}"
+            for d, e in report["domains"].items())
+        + ("; pretrained (CoLES, once per mart, not in the wall time): " + ", ".join(
+            f"{d} {v['seconds']:.0f} s" for d, v in result["pretrained"].items())
+           if result["pretrained"] else "; no pretrained encoders registered"),
+        "",
         f"Split: {report['split']['kind']}, rows "
         + ", ".join(f"{p} {v['rows']}" for p, v in report["split"]["parts"].items()),
     ]
@@ -263,6 +320,8 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
         "scoring": result.get("scoring"),
         "domains_test": {d: e["test"]["metrics"][metric] for d, e in report["domains"].items()},
         "fusion_test": report.get("fusion", {}).get("test", {}).get("metrics", {}).get(metric),
+        "lightgbm_test": report.get("lightgbm", {}).get("test", {}).get("metrics", {}).get(metric),
+        "pretrained": result["pretrained"],
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     return "\n".join(lines), results
@@ -281,6 +340,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update bench/results and docs")
     parser.add_argument("--no-throughput", action="store_true", help="skip the speed check")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the speed check")
+    parser.add_argument("--pretrain-epochs", type=int, default=0,
+                        help="first pretrain every domain's encoder (CoLES) for this many epochs and "
+                             "register it, so the run's search may start from it; results go to a section "
+                             "of their own")
     args = parser.parse_args()
     result = run(args)
     result["threads"] = args.threads
@@ -294,7 +357,8 @@ def main() -> None:
     if not args.no_write:
         from _report import write_result
 
-        write_result(f"train_demo_{args.sample}", results, text)
+        suffix = "_pretrained" if args.pretrain_epochs else ""
+        write_result(f"train_demo_{args.sample}{suffix}", results, text)
 
 
 if __name__ == "__main__":
