@@ -34,7 +34,7 @@ run-full: demo-data
 
 lint: install
 	$(BIN)/ruff check anna_backend anna_models dags bench tests
-	$(BIN)/mypy anna_backend dags
+	$(BIN)/mypy anna_backend anna_models dags
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -112,8 +112,10 @@ def stopping_rows(client_id: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 
 def _objective(task_type: str, metric: str, n_classes: int) -> dict[str, Any]:
-    objective = {"binary": {"objective": "binary"}, "regression": {"objective": "regression"},
-                 "multiclass": {"objective": "multiclass", "num_class": n_classes}}[task_type]
+    objectives: dict[str, dict[str, Any]] = {
+        "binary": {"objective": "binary"}, "regression": {"objective": "regression"},
+        "multiclass": {"objective": "multiclass", "num_class": n_classes}}
+    objective = objectives[task_type]
     stopping = STOPPING_METRIC.get(metric) if task_type != "multiclass" else None
     return {**objective, "metric": stopping or LOSS[task_type]}
 
@@ -185,8 +187,9 @@ def train_aggregate_model(train: Mapping[str, Sequences], y_train: np.ndarray, *
     if enough:
         recorded: dict[str, Any] = {}
         fit, stop = dataset(~hold), dataset(hold)
-        callbacks = [lightgbm.early_stopping(int(settings["early_stopping"]), verbose=False),
-                     lightgbm.record_evaluation(recorded)]
+        callbacks: list[Callable[..., None]] = [
+            lightgbm.early_stopping(int(settings["early_stopping"]), verbose=False),
+            lightgbm.record_evaluation(recorded)]
         if progress is not None:
             callbacks.append(_progress_callback(progress, int(settings["num_rounds"])))
         probe = lightgbm.train(booster_params, fit, num_boost_round=int(settings["num_rounds"]),

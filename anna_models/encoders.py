@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -89,9 +89,14 @@ class EventEncoder(nn.Module):
             nn.Embedding(vocab, embedding_size(vocab), padding_idx=0) for vocab in config.categorical.values()
         )
         n_dense = config.n_dense + 4 if config.n_dense >= 2 else config.n_dense  # + sin/cos of hour, weekday
-        self.width = sum(e.embedding_dim for e in self.embeddings) + n_dense
+        self.width = sum(e.embedding_dim for e in self.embedding_layers) + n_dense
         self.projection = nn.Linear(self.width, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def embedding_layers(self) -> list[nn.Embedding]:
+        """``embeddings`` as what they are (a ModuleList's items are typed as any module)."""
+        return cast(list[nn.Embedding], list(self.embeddings))
 
     def features(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(B, T, width): embeddings and dense features, with a row's dropout mask in training."""
@@ -131,11 +136,11 @@ class EventEncoder(nn.Module):
         features that skips over 80% of the product's multiplications. The dropout mask is not applied.
         """
         categorical, dense = categorical.transpose(0, 1), self._dense(dense.transpose(0, 1))  # (T, B, ·)
-        widths = [emb.embedding_dim for emb in self.embeddings] + [dense.shape[-1]]
+        widths = [emb.embedding_dim for emb in self.embedding_layers] + [dense.shape[-1]]
         columns = weight.split(widths, dim=1)
         tables, codes, rest, rest_columns = [], [], [dense], [columns[-1]]
         start = 0
-        for j, (emb, part) in enumerate(zip(self.embeddings, columns, strict=False)):
+        for j, (emb, part) in enumerate(zip(self.embedding_layers, columns, strict=False)):
             if emb.num_embeddings <= LOOKUP_MAX_VOCAB:
                 tables.append(emb.weight @ part.t())
                 codes.append(categorical[..., j].long() + start)
@@ -206,15 +211,16 @@ class SequenceEncoder(nn.Module):
         goes through ``forward_features``.
         """
         rnn = self.rnn
-        if (torch.is_grad_enabled() or self.architecture != "gru" or rnn.num_layers != 1
+        if (torch.is_grad_enabled() or not isinstance(rnn, nn.GRU) or rnn.num_layers != 1
                 or dense.device.type != "cpu" or not fused_gru.available()):
             return self.forward_features(events.features(categorical, dense), lengths, events.projection)
         projection = events.projection
+        weight_ih, weight_hh, bias_ih, bias_hh = rnn.all_weights[0]
         with torch.autocast("cpu", enabled=False):
-            w_ih = (rnn.weight_ih_l0 @ projection.weight).float()
-            b_ih = torch.addmv(rnn.bias_ih_l0, rnn.weight_ih_l0, projection.bias).float()
+            w_ih = (weight_ih @ projection.weight).float()
+            b_ih = torch.addmv(bias_ih, weight_ih, projection.bias).float()
             gates = events.input_gates(categorical, dense.float(), w_ih, b_ih)
-            last, total, peak = fused_gru.gru_pooled(gates, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)
+            last, total, peak = fused_gru.gru_pooled(gates, weight_hh, bias_hh, lengths)
         mean = total / lengths.clamp(min=1).to(total.dtype).unsqueeze(-1)
         return self._pooled(last, mean, peak, lengths)
 
@@ -231,29 +237,31 @@ class SequenceEncoder(nn.Module):
         hidden = projection.out_features
         if self.architecture == "transformer" or features.device.type != "cpu":
             return self.forward(projection(features), lengths)
-        rnn = self.rnn
+        rnn = cast(nn.GRU | nn.LSTM, self.rnn)
+        weight_ih, weight_hh, bias_ih, bias_hh = rnn.all_weights[0]
         if features.shape[-1] < 1.5 * hidden:
-            w_ih = rnn.weight_ih_l0 @ projection.weight
-            b_ih = torch.addmv(rnn.bias_ih_l0, rnn.weight_ih_l0, projection.bias)
+            w_ih = weight_ih @ projection.weight
+            b_ih = torch.addmv(bias_ih, weight_ih, projection.bias)
             steps = features.transpose(0, 1).contiguous()  # (T, B, width)
         else:
-            w_ih, b_ih = rnn.weight_ih_l0, rnn.bias_ih_l0
+            w_ih, b_ih = weight_ih, bias_ih
             steps = projection(features).transpose(0, 1).contiguous()  # (T, B, H)
-        if self.architecture == "gru" and rnn.num_layers == 1 and fused_gru.available():
+        if isinstance(rnn, nn.GRU) and rnn.num_layers == 1 and fused_gru.available():
             # One product for every step's input gates, then the fused recurrence (anna_models.fused_gru).
             # In float32 whatever autocast asks for, as in forward(): bf16 states drift over long histories.
             with torch.autocast("cpu", enabled=False):
                 gates = F.linear(steps.float(), w_ih.float(), b_ih.float())
-                out = fused_gru.gru(gates, rnn.weight_hh_l0, rnn.bias_hh_l0)
+                out = fused_gru.gru(gates, weight_hh, bias_hh)
             return self._pool(out, lengths)
-        weights = [getattr(rnn, f"{kind}_l{layer}") for layer in range(rnn.num_layers)
-                   for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # the order nn.GRU passes
+        # Every layer's (weight_ih, weight_hh, bias_ih, bias_hh), the order nn.GRU/LSTM pass them in.
+        weights: list[torch.Tensor] = [w for layer in rnn.all_weights for w in layer]
         weights[0], weights[2] = w_ih, b_ih
         zeros = features.new_zeros(rnn.num_layers, features.shape[0], hidden)
-        recurrence = torch._VF.gru if self.architecture == "gru" else torch._VF.lstm  # what nn.GRU/LSTM call
-        state = zeros if self.architecture == "gru" else (zeros, zeros)
-        out = recurrence(steps, state, weights, True, rnn.num_layers, rnn.dropout, self.training, False,
-                         False)[0]
+        settings = (True, rnn.num_layers, rnn.dropout, self.training, False, False)  # what nn.GRU/LSTM pass
+        if isinstance(rnn, nn.GRU):
+            out = torch._VF.gru(steps, zeros, weights, *settings)[0]
+        else:
+            out = torch._VF.lstm(steps, (zeros, zeros), weights, *settings)[0]
         return self._pool(out, lengths)
 
     def _pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -293,13 +301,17 @@ class DomainModel(nn.Module):
         # Lists, not ModuleDicts keyed by domain: domain names may hold characters module names cannot.
         self.events = nn.ModuleList(EventEncoder(c) for c in config.encoders.values())
         self.sequences = nn.ModuleList(SequenceEncoder(c) for c in config.encoders.values())
-        width = sum(s.out_width for s in self.sequences)
+        width = sum(s.out_width for s in self.domain_parts()[1])
         self.embed = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
         self.head = nn.Linear(config.hidden, config.n_outputs)
         self._init_weights()
 
+    def domain_parts(self) -> tuple[list[EventEncoder], list[SequenceEncoder]]:
+        """``events`` and ``sequences`` as what they are, in the order of ``config.domains``."""
+        return cast(list[EventEncoder], list(self.events)), cast(list[SequenceEncoder], list(self.sequences))
+
     def _init_weights(self) -> None:
-        for sequence in self.sequences:
+        for sequence in self.domain_parts()[1]:
             for name, param in sequence.rnn.named_parameters():
                 # Orthogonal recurrent weights keep the hidden state's scale stable over long histories.
                 if "weight_hh" in name:
@@ -312,7 +324,7 @@ class DomainModel(nn.Module):
         pooled = [
             sequence.forward_events(events, batches[domain].categorical, batches[domain].dense,
                                     batches[domain].lengths)
-            for domain, events, sequence in zip(self.config.domains, self.events, self.sequences, strict=True)
+            for domain, events, sequence in zip(self.config.domains, *self.domain_parts(), strict=True)
         ]
         # float32 from the pooled states on (a no-op on CPU): bf16 logits keep ~3 digits, which ties scores
         # that rank-based metrics then cannot order, and these layers cost next to nothing.

@@ -438,11 +438,11 @@ def step_names(domains: list[str]) -> list[str]:
 
 def run_all(ctx: StepContext) -> str:
     """Run every step in this process, domains one after another; returns the registered model URI."""
-    for s in PRE:
-        s(ctx)
+    for step in PRE:
+        step(ctx)
     for domain in ctx.config.domains:
-        for s in PER_DOMAIN:
-            s(ctx, domain)
-    for s in POST[:-1]:
-        s(ctx)
+        for domain_step in PER_DOMAIN:
+            domain_step(ctx, domain)
+    for step in POST[:-1]:
+        step(ctx)
     return register(ctx)

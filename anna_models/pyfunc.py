@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 ENSEMBLE_FILE = "ensemble.json"
 MARTS_ENV = "ANNA_MARTS_ROOT"
@@ -88,7 +88,8 @@ class Ensemble:
         seqs = {
             d: extract_sequences(self._mart(root, d), client_id, report_date, max_len[d]) for d in max_len
         }
-        outputs, present = {}, {}
+        outputs: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
         for name, model in self.models.items():
             # A domain's model reads its own sequences; the fusion and LightGBM models read every domain's.
             reads = [name] if name in seqs else model.domains if _is_booster(model) else model.config.domains
@@ -96,7 +97,7 @@ class Ensemble:
                 outputs[name] = model.predict({d: seqs[d] for d in reads})
             else:
                 outputs[name], _ = predict(model, seqs[name] if name in seqs else {d: seqs[d] for d in reads})
-            present[name] = sum(seqs[d].lengths for d in reads) > 0
+            present[name] = np.sum([seqs[d].lengths for d in reads], axis=0) > 0
         return outputs, present
 
     def score_frame(self, frame: pd.DataFrame, *, marts_root: Path | str | None = None) -> pd.DataFrame:
@@ -147,7 +148,7 @@ def load_ensemble(folder: Path | str) -> Ensemble:
     return Ensemble(folder=folder, spec=spec, models=models, blender=Blender.load(folder / "blender.json"))
 
 
-class AnnaEnsemble(mlflow.pyfunc.PythonModel):
+class AnnaEnsemble(PythonModel):
     """MLflow pyfunc wrapper: artifacts = {"ensemble": the packaged folder}.
 
     ``predict(context, DataFrame[client_id, report_date])`` → the frame of ``Ensemble.score_frame``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class Sequences:
         """Write to one uncompressed .npz file (atomically: a crash never leaves half a file)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        arrays = {"offsets": self.offsets, "time_features": self.time_features}
+        arrays: dict[str, Any] = {"offsets": self.offsets, "time_features": self.time_features}
         arrays.update({f"cat__{k}": v for k, v in self.categorical.items()})
         arrays.update({f"num__{k}": v for k, v in self.numeric.items()})
         np.savez(tmp, **arrays)

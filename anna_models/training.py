@@ -156,7 +156,7 @@ class _Tables:
                  device: torch.device = torch.device("cpu")) -> None:
         vocab = {d: e.categorical for d, e in config.encoders.items()}
         self.tables = {d: EventTable(seqs[d], vocab_sizes=vocab[d]) for d in config.domains}
-        self.lengths = sum(t.lengths for t in self.tables.values())
+        self.lengths: np.ndarray = np.sum([t.lengths for t in self.tables.values()], axis=0)  # (N,) events
         self.device = device
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
         self.placement = data_placement(device, sum(t.nbytes for t in self.tables.values()), free)

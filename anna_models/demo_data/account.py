@@ -102,7 +102,7 @@ def _account_events(rng: np.random.Generator, c: Clients, default_at: np.ndarray
     owner = np.r_[payer[paid], owner]
     event_time = np.r_[salary_time[paid], op_time]
     op = np.r_[np.zeros(paid.sum(), np.int64), op]
-    amount = np.round(np.r_[salary_amount[paid], op_amount], 2)
+    amount = np.concatenate([salary_amount[paid], op_amount]).round(2)
     u = rng.random(len(owner))
     counterparty = _OP_COUNTERPARTY[op]
     counterparty = np.where((op == 4) & (u < sigmoid(-1.6 + 1.1 * c.stress[owner])), 4, counterparty)
