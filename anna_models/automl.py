@@ -1,4 +1,5 @@
 """AutoML search of one domain's encoder: architecture and size within a time budget, bad trials pruned.
+The fusion model runs the same search over two candidates (``fusion_candidates``).
 
 The search space is GRU, LSTM and transformer encoders of a few widths (``SEARCH_SPACE``), plus the
 domain's pretrained encoder when the registry has one that fits (``find_pretrained_encoder``). Trials
@@ -183,6 +184,47 @@ def candidates(params: TrainParams, *, seed: int, pretrained: Any = None) -> lis
     return out
 
 
+def fusion_candidates(params: TrainParams, domains: list[str], pretrained: Mapping[str, Any]
+                      ) -> list[Candidate]:
+    """The fusion model's trials: its given params, then, when domains have pretrained encoders
+    (``pretrained``: domain -> encoder or None), the same model started from them with those encoders
+    frozen, so that only the layers over them train.
+
+    Frozen, not fine-tuned: on the demo (default_12m, 20k clients) the frozen start scored valid ROC-AUC
+    0.8346 against 0.8313 from scratch at the same width and 0.8303 fine-tuned, test 0.8198 against 0.8116
+    and 0.8177, in 45 s against 97 s and 99 s. The fusion model takes one encoder shape for all domains:
+    that of the most domains' encoders (the first domain's on a tie); a domain whose encoder has another
+    shape, or that has none, trains its encoder from scratch in that shape.
+    """
+    out = [Candidate(params)]
+    found = {d: pretrained[d] for d in domains if pretrained.get(d) is not None}
+    if not found:
+        return out
+
+    def shape(encoder: Any) -> tuple:
+        # A transformer's position table has max_len rows; a GRU's or LSTM's weights do not depend on it.
+        return (encoder.architecture, encoder.hidden, encoder.layers,
+                encoder.max_len if encoder.architecture == "transformer" else None)
+
+    shapes = [shape(e) for e in found.values()]
+    common = max(shapes, key=shapes.count)  # max keeps the first of equal counts: domain order
+    used = [d for d in found if shape(found[d]) == common]
+    weights: dict[str, Any] = {}
+    for index, domain in enumerate(domains):
+        if domain not in used:
+            continue
+        for key, value in found[domain].state.items():
+            part, _, rest = key.partition(".")  # "events.0.<name>" -> "events.<index>.<name>"
+            if part in ("events", "sequences"):
+                weights[f"{part}.{index}.{rest.partition('.')[2]}"] = value
+    shaped = replace(found[used[0]].train_params(params), freeze_encoder=True)
+    if shaped.architecture != "transformer":
+        shaped = replace(shaped, max_len=params.max_len)
+    names = ", ".join(str(found[d].name) for d in used)
+    out.append(Candidate(shaped, init=f"{names} (frozen)", weights=weights))
+    return out
+
+
 def find_pretrained_encoder(tracking_uri: str, domain: str, *, manifest: dict[str, Any],
                             earliest_report_date: str, progress: Callable[..., None] | None = None) -> Any:
     """The registry's pretrained encoder (``anna_models.pretrain.PretrainedEncoder``) that fits this
@@ -205,7 +247,7 @@ def find_pretrained_encoder(tracking_uri: str, domain: str, *, manifest: dict[st
 
 def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, Any], y_valid: np.ndarray, *,
            task_type: str, metric: str, classes: list, manifests: Mapping[str, dict], params: TrainParams,
-           seed: int = 0, device: str = "auto", pretrained: Any = None,
+           seed: int = 0, device: str = "auto", pretrained: Any = None, queue: list[Candidate] | None = None,
            progress: Callable[..., None] | None = None, trainer: Trainer | None = None,
            on_trial: Callable[[dict[str, Any]], None] | None = None,
            clock: Callable[[], float] = time.monotonic) -> SearchResult:
@@ -213,7 +255,8 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
 
     ``train``/``valid``: {domain: Sequences} as ``training.train_model`` takes them; ``trainer`` defaults
     to ``training.train_model`` (tests pass a fake). ``on_trial(trials_json)`` is called after each trial.
-    With a budget of 0 only the given params train.
+    ``queue``: the candidates to try instead of ``candidates(params, ...)`` (its first is the given
+    params; the fusion model passes ``fusion_candidates``). With a budget of 0 only the given params train.
     """
     if trainer is None:
         from anna_models import training
@@ -221,7 +264,10 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
         trainer = training.train_model
     report = progress or (lambda **_: None)
     budget = float(params.search_budget_s)
-    queue = candidates(params, seed=seed, pretrained=pretrained) if budget > 0 else [Candidate(params)]
+    if budget <= 0:
+        queue = [Candidate(params)]
+    elif queue is None:
+        queue = candidates(params, seed=seed, pretrained=pretrained)
     data = (train, y_train, valid, y_valid)
     options = {"task_type": task_type, "classes": classes, "manifests": manifests, "device": device,
                "seed": seed}

@@ -188,9 +188,11 @@ def train_fusion(ctx: StepContext) -> dict:
 
     A domain encoder squeezes its domain into one score, so the blender cannot tell which of the
     client's traits a score reflects, and counts a trait twice when two domains show it; the fusion
-    model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo).
+    model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo). When
+    the registry holds pretrained encoders of the domains, a second trial starts from them, frozen
+    (``automl.fusion_candidates``), and the better on valid is kept, as a domain's search keeps its best.
     """
-    from anna_models.training import train_model
+    from anna_models.automl import find_pretrained_encoder, fusion_candidates, search
 
     cfg = ctx.config
     if FUSION not in model_names(cfg.domains):
@@ -198,14 +200,29 @@ def train_fusion(ctx: StepContext) -> dict:
     loaded = {d: _load_extracts(ctx, d) for d in cfg.domains}
     seqs = {part: {d: loaded[d][0][part] for d in cfg.domains} for part in PARTS}
     y, name = _targets(ctx), step_name(train_fusion)
+    split, info = read_split(ctx.run_dir)
     params = TrainParams.for_domain(cfg.params, FUSION)
-    model, history = train_model(
+    out = ctx.run_dir / "models" / FUSION
+
+    def report(**fields: Any) -> None:
+        ctx.progress(name, state="running", **fields)
+
+    pretrained: dict[str, Any] = {}
+    if params.search_budget_s > 0:
+        earliest = str(split["report_date"].min().date())
+        pretrained = {d: find_pretrained_encoder(cfg.tracking_uri, d, manifest=loaded[d][1],
+                                                 earliest_report_date=earliest, progress=report)
+                      for d in cfg.domains}
+    result = search(
         seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
-        classes=read_split(ctx.run_dir)[1]["classes"], manifests={d: loaded[d][1] for d in cfg.domains},
-        params=params, device=ctx.device, seed=cfg.seed,
-        progress=lambda **fields: ctx.progress(name, state="running", **fields),
+        classes=info["classes"], manifests={d: loaded[d][1] for d in cfg.domains}, params=params,
+        device=ctx.device, seed=cfg.seed, queue=fusion_candidates(params, cfg.domains, pretrained),
+        progress=report, on_trial=lambda trials: write_json(out / "trials.json", trials),
     )
-    return {"train_rows": len(y["train"]), **_save_model(ctx, FUSION, model, history, params, seqs)}
+    summary = _save_model(ctx, FUSION, result.model, result.history, result.params, seqs)
+    write_json(out / "trials.json", result.to_json(metric=cfg.metric, budget_s=params.search_budget_s))
+    return {"train_rows": len(y["train"]), **summary, "trials": len(result.trials),
+            "chosen": result.trials[result.chosen].label()}
 
 
 @idempotent
@@ -311,7 +328,7 @@ def evaluate(ctx: StepContext) -> dict:
         history = json.loads((ctx.run_dir / "models" / name / "history.json").read_text())
         entry: dict[str, Any] = {"history": history, "epochs": len(history)}
         trials_path = ctx.run_dir / "models" / name / "trials.json"
-        if trials_path.exists():  # the AutoML search's trials (domain encoders only)
+        if trials_path.exists():  # the AutoML search's trials (domain encoders and fusion)
             search = json.loads(trials_path.read_text())
             entry["trials"] = [{**t, "chosen": t["number"] == search["chosen"]} for t in search["trials"]]
         for part in ("valid", "test"):
@@ -383,8 +400,10 @@ def _log_to_mlflow(ctx: StepContext) -> dict:
                  "metrics": _metrics_by_part(entry), "history": entry["history"],
                  "trials": entry.get("trials", [])} for d, entry in report["domains"].items()]
     if FUSION in report:
-        children.append({"name": FUSION, "params": TrainParams.for_domain(cfg.params, FUSION).__dict__,
-                         "metrics": _metrics_by_part(report[FUSION]), "history": report[FUSION]["history"]})
+        chosen = json.loads((ctx.run_dir / "models" / FUSION / "params.json").read_text())
+        children.append({"name": FUSION, "params": chosen,
+                         "metrics": _metrics_by_part(report[FUSION]), "history": report[FUSION]["history"],
+                         "trials": report[FUSION].get("trials", [])})
     if LIGHTGBM in report:
         booster = json.loads((ctx.run_dir / "models" / LIGHTGBM / "booster.json").read_text())
         settings = {**booster["params"], "rounds": booster["rounds"], "columns": len(booster["columns"])}

@@ -205,7 +205,8 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
 
     ``init``: a partial state dict (e.g. a pretrained encoder's ``events.*`` and ``sequences.*``
     weights) loaded over the fresh model before training; its keys must exist in the model. With
-    ``params.freeze_encoder`` the event and sequence encoders then stay as loaded.
+    ``params.freeze_encoder`` the event and sequence encoder weights it loaded then stay as loaded (in
+    the fusion model, a domain without pretrained weights trains its encoders all the same).
     ``should_stop(history)``: asked after every epoch; True ends training there (a search prunes a
     trial this way). The best epoch's weights are returned either way.
     """
@@ -224,7 +225,7 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
         model.load_state_dict(dict(init), strict=False)
         if params.freeze_encoder:
             for name, weight in model.named_parameters():
-                if name.startswith(("events.", "sequences.")):
+                if name in init and name.startswith(("events.", "sequences.")):
                     weight.requires_grad_(False)  # AdamW skips weights without gradients
     model = model.to(dev)
     # fused: one kernel for the whole update on CUDA instead of a few per parameter group.

@@ -287,17 +287,26 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
         f"blend − best single domain = {blended - best_single:+.4f}{gap}",
         "",
         "Steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
-        "",
-        f"Throughput (one process, {result['threads']} thread(s), GRU hidden 64, after the run): "
-        + "; ".join(
-            f"{d}: train {t['events_per_s']:,.0f} events/s (mean length {t['mean_length']:.0f}), "
-            f"inference {t['clients_per_s']:,.0f} clients/s"
-            for d, t in throughput.items()
-        ),
-        "",
-        f"Scoring through the packaged ensemble (extraction of all domains + encoders + blender), "
-        f"{result['threads']} thread(s): {result.get('scoring', {}).get('clients_per_s', 0):,.0f} clients/s "
-        f"on {result.get('scoring', {}).get('rows', 0):,} rows",
+    ]
+    if throughput:
+        lines += [
+            "",
+            f"Throughput (one process, {result['threads']} thread(s), GRU hidden 64, after the run): "
+            + "; ".join(
+                f"{d}: train {t['events_per_s']:,.0f} events/s (mean length {t['mean_length']:.0f}), "
+                f"inference {t['clients_per_s']:,.0f} clients/s"
+                for d, t in throughput.items()
+            ),
+        ]
+    if result.get("scoring"):
+        lines += [
+            "",
+            f"Scoring through the packaged ensemble (extraction of all domains + encoders + blender), "
+            f"{result['threads']} thread(s): {result['scoring']['clients_per_s']:,.0f} clients/s "
+            f"on {result['scoring']['rows']:,} rows",
+        ]
+    fusion_trials = report.get("fusion", {}).get("trials", [])
+    lines += [
         "",
         "Encoder start chosen by each domain's search: " + ", ".join(
             f"{d} {next((t['init'] for t in e.get('trials', []) if t.get('chosen')), 'scratch')}"
@@ -306,6 +315,9 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
             f"{d} {v['seconds']:.0f} s" for d, v in result["pretrained"].items())
            if result["pretrained"] else "; no pretrained encoders registered"),
         "",
+        *([f"Fusion model's trials (valid {metric}): " + "; ".join(
+            f"{t['init']} {t['best_valid_metric']:.4f}{' (chosen)' if t.get('chosen') else ''}"
+            for t in fusion_trials), ""] if len(fusion_trials) > 1 else []),
         f"Split: {report['split']['kind']}, rows "
         + ", ".join(f"{p} {v['rows']}" for p, v in report["split"]["parts"].items()),
     ]

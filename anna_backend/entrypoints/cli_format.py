@@ -183,10 +183,14 @@ def runs_table(listed: list[dict[str, Any]], metric_of: dict[Any, str]) -> str:
 
 
 def trials_tables(content: dict[str, Any]) -> list[str]:
-    """One table per domain of its AutoML trials (report.json's ``trials``), the chosen one marked."""
+    """One table per domain (and for the fusion model) of its AutoML trials (report.json's ``trials``),
+    the chosen one marked."""
     metric = content.get("metric") or "metric"
     tables = []
-    for domain, entry in (content.get("domains") or {}).items():
+    models = dict(content.get("domains") or {})
+    if content.get("fusion"):
+        models["fusion"] = content["fusion"]
+    for domain, entry in models.items():
         trials = entry.get("trials") or []
         if len(trials) < 2:
             continue  # no search ran (budget 0): nothing to choose between

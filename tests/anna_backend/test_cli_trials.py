@@ -26,3 +26,14 @@ def test_trials_table_per_domain_marks_the_chosen_trial() -> None:
     chosen = ["2", "transformer", "64x2", "scratch", "budget", "8", "42", "0.7800", "chosen"]
     assert lines[5].split() == chosen
     assert not any(line.endswith("chosen") for line in lines[3:5])
+
+
+def test_the_fusion_models_trials_follow_the_domains() -> None:
+    frozen = {**trial(1, "gru", "completed", 0.83, True), "init": "pretrained-cards v1 (frozen)"}
+    report = {"metric": "roc_auc",
+              "domains": {"cards": {"trials": [trial(0, "gru", "completed", 0.7, True)]}},
+              "fusion": {"trials": [trial(0, "gru", "completed", 0.82, False), frozen]}}
+    tables = trials_tables(report)
+    assert len(tables) == 1 and tables[0].startswith("AutoML trials, fusion")
+    assert tables[0].splitlines()[-1].split()[3:6] == ["pretrained-cards", "v1", "(frozen)"]
+    assert tables[0].splitlines()[-1].endswith("chosen")

@@ -311,3 +311,96 @@ def test_a_trial_must_beat_the_given_params_by_more_than_their_epoch_spread() ->
 def test_the_margin_runs_in_the_metrics_direction() -> None:
     assert automl.beats("rmse", 0.90, 1.0, margin=0.05) and not automl.beats("rmse", 0.97, 1.0, margin=0.05)
     assert automl.beats("roc_auc", 0.86, 0.80, margin=0.05) and not automl.beats("roc_auc", 0.84, 0.80, 0.05)
+
+
+# ---------------------------------------------------------------- the fusion model's two candidates
+
+def _encoder(domain: str, architecture: str = "gru", hidden: int = 64, max_len: int = 256) -> Any:
+    from anna_models.pretrain import PretrainedEncoder
+
+    state = {"events.0.embeddings.0.weight": f"{domain} events",
+             "sequences.0.rnn.weight_hh_l0": f"{domain} rnn", "embed.0.weight": f"{domain} embed"}
+    return PretrainedEncoder(name=f"pretrained-{domain} v1", architecture=architecture, hidden=hidden,
+                             layers=1, max_len=max_len, cutoff="2025-01-01", state=state)
+
+
+def test_fusion_starts_from_the_domains_pretrained_encoders_frozen_renumbered_to_its_domains() -> None:
+    params = TrainParams(hidden=32, max_len=256, threads=2)
+    domains = ["account", "cards", "credit", "other"]
+    pretrained = {"account": None, "cards": _encoder("cards"), "credit": _encoder("credit", max_len=128),
+                  "other": _encoder("other", architecture="lstm", hidden=32)}
+    given, frozen = automl.fusion_candidates(params, domains, pretrained)
+    assert (given.params, given.weights, given.init) == (params, None, "scratch")
+    # GRU 64 is the shape of two encoders (a GRU's weights do not depend on max_len); "other" is an LSTM
+    # 32, so it trains from scratch in GRU 64, as does "account", which has no encoder.
+    shaped = frozen.params
+    assert (shaped.architecture, shaped.hidden, shaped.freeze_encoder) == ("gru", 64, True)
+    assert shaped.max_len == 256 and shaped.threads == 2
+    assert frozen.weights == {  # no embed.*: the fusion model's is wider
+        "events.1.embeddings.0.weight": "cards events", "sequences.1.rnn.weight_hh_l0": "cards rnn",
+        "events.2.embeddings.0.weight": "credit events", "sequences.2.rnn.weight_hh_l0": "credit rnn"}
+    assert frozen.init == "pretrained-cards v1, pretrained-credit v1 (frozen)"
+    assert automl.fusion_candidates(params, domains, {"account": None}) == [automl.Candidate(params)]
+
+
+def test_a_given_queue_replaces_the_search_space_and_budget_zero_still_trains_only_the_given_params() -> None:
+    queue = automl.fusion_candidates(TrainParams(hidden=32), ["cards", "credit"],
+                                     {"cards": _encoder("cards"), "credit": _encoder("credit")})
+    for budget, calls in ((1000.0, 2), (0.0, 1)):
+        clock = Clock()
+        trainer = FakeTrainer(clock, {"gru": GOOD})
+        given = TrainParams(hidden=32, max_epochs=4, search_budget_s=budget)
+        result = automl.search({"cards": None, "credit": None}, np.zeros(4), {"cards": None, "credit": None},
+                               np.zeros(4), task_type="binary", metric="roc_auc", classes=[0, 1],
+                               manifests={"cards": {}, "credit": {}}, queue=queue, trainer=trainer,
+                               clock=clock, params=given)
+        assert [(p.hidden, p.freeze_encoder, w is not None) for p, w in trainer.calls] == [
+            (32, False, False), (64, True, True)][:calls]
+        assert len(result.trials) == calls
+
+
+def test_the_fusion_step_tries_the_registered_pretrained_encoders_frozen(demo: Path, tmp_path: Path) -> None:
+    from anna_models import pipeline
+    from anna_models.coles import ColesParams
+    from anna_models.pretrain import log_encoder, pretrain_domain
+
+    versions = json.loads((demo / "versions.json").read_text())
+    domains = sorted(versions)
+    earliest = str(pd.read_parquet(demo / "sample.parquet")["report_date"].min().date())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    coles = ColesParams(hidden=16, epochs=1, clients_per_batch=32, views=2, seed=0)
+    encoders = {d: pretrain_domain(demo / "marts" / d, before=earliest, params=coles)[0] for d in domains[:2]}
+    for encoder in encoders.values():
+        log_encoder(encoder, uri)
+    config = RunConfig(
+        run_id=5, task_name="fusion-pretrained", task_type="binary", metric="roc_auc", domains=domains,
+        sample_path=str(demo / "sample.parquet"), sample_fingerprint="t", marts_root=str(demo / "marts"),
+        mart_versions=versions, tracking_uri=uri,
+        params={"default": {"hidden": 8, "max_epochs": 2, "max_len": 32, "search_budget_s": 300}}, seed=2,
+    )
+    ctx = StepContext(run_dir=tmp_path / "run", config=config)
+    pipeline.validate_split(ctx)
+    for domain in domains:
+        pipeline.extract(ctx, domain)
+    pipeline.train_fusion(ctx)
+
+    models = ctx.run_dir / "models" / "fusion"
+    search = json.loads((models / "trials.json").read_text())
+    names = ", ".join(f"pretrained-{d} v1" for d in domains[:2])
+    assert [t["init"] for t in search["trials"]] == ["scratch", f"{names} (frozen)"]
+    assert [(t["params"]["hidden"], t["params"]["freeze_encoder"]) for t in search["trials"]] == [
+        (8, False), (16, True)]
+    chosen = search["trials"][search["chosen"]]
+    assert json.loads((models / "params.json").read_text()) == chosen["params"]
+    saved = json.loads((models / "model.json").read_text())["encoders"]
+    assert {d: saved[d]["hidden"] for d in domains} == dict.fromkeys(domains, chosen["params"]["hidden"])
+    # On 300 clients the 8-wide scratch model barely learns (valid ROC-AUC ~0.49) and the pretrained start
+    # wins (~0.74): the saved model holds the pretrained weights, unchanged.
+    assert search["chosen"] == 1
+    import torch
+
+    state = torch.load(models / "model.pt", weights_only=True)
+    for index, domain in enumerate(domains[:2]):
+        for key, value in encoders[domain].state.items():
+            if key.startswith(("events.0.", "sequences.0.")):
+                assert torch.equal(state[key.replace(".0.", f".{index}.", 1)], value)

@@ -163,3 +163,27 @@ def test_a_frozen_encoder_stays_pretrained_while_the_head_learns(pretrained, mar
     frozen = [k for k in encoder.state if k.startswith(("events.", "sequences."))]
     assert frozen and all(torch.equal(state[k], encoder.state[k]) for k in frozen)
     assert not torch.equal(state["embed.0.weight"], encoder.state["embed.0.weight"])  # embed + head learn
+
+
+def test_in_the_fusion_model_only_the_pretrained_domains_stay_frozen(pretrained, mart_path: Path) -> None:
+    from anna_models.automl import fusion_candidates
+    from anna_models.encoders import DomainModel
+
+    encoder, _ = pretrained
+    mart = Mart.open(mart_path)
+    ids = mart.client_ids
+    seqs = extract_sequences(mart, ids, np.full(len(ids), np.datetime64("2024-10-01")), 256)
+    y = (ids % 12 < 6).astype(np.float64)
+    # "copy" reads the same events but has no pretrained encoder: it trains from scratch beside "cards".
+    _, frozen = fusion_candidates(TrainParams(max_epochs=2, batch_size=32), ["copy", "cards"],
+                                  {"copy": None, "cards": encoder})
+    model, _ = train_model({"copy": seqs, "cards": seqs}, y, {"copy": seqs, "cards": seqs}, y,
+                           task_type="binary", metric="roc_auc", classes=[0, 1],
+                           manifests={"copy": mart.manifest, "cards": mart.manifest}, params=frozen.params,
+                           init=frozen.weights)
+    state = model.state_dict()
+    assert frozen.weights and all(torch.equal(state[k], v) for k, v in frozen.weights.items())
+    torch.manual_seed(0)
+    start = DomainModel(model.config).state_dict()  # train_model's starting weights (same seed)
+    scratch = [k for k in state if k.startswith(("events.0.", "sequences.0."))]
+    assert scratch and any(not torch.equal(state[k], start[k]) for k in scratch)

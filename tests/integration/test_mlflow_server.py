@@ -201,8 +201,9 @@ def test_server_on_postgresql_tracks_and_registers(
         client = mlflow.MlflowClient(server.url)
         version = client.get_model_version(TASK, "1")
         runs = client.search_runs([client.get_experiment_by_name(TASK).experiment_id])
-        # parent, domains, fusion, LightGBM, blender, and each domain's one search trial (budget 0)
-        assert len(runs) == 2 * len(first_run.config.domains) + 4
+        # parent, domains, fusion, LightGBM, blender, and the one search trial (budget 0) of each domain
+        # and of the fusion model
+        assert len(runs) == 2 * len(first_run.config.domains) + 5
         model_id = version.source.removeprefix("models:/")
         assert any((tmp_path / "artifact-root").rglob(f"{model_id}/artifacts/MLmodel"))
     finally:
