@@ -129,14 +129,19 @@ def test_find_pretrained_skips_encoders_whose_vocabulary_changed(registry: str, 
                            manifest=grown) is None
 
 
-def test_a_task_starts_from_the_registered_weights(registry: str, mart_path: Path, pretrained) -> None:
+def _labelled(mart_path: Path) -> tuple[Mart, object, np.ndarray]:
+    """The mart, every client's events before 2024-10-01, and a target its favourite merchant type decides."""
     mart = Mart.open(mart_path)
+    ids = mart.client_ids
+    seqs = extract_sequences(mart, ids, np.full(len(ids), np.datetime64("2024-10-01")), 256)
+    return mart, seqs, (ids % 12 < 6).astype(np.float64)
+
+
+def test_a_task_starts_from_the_registered_weights(registry: str, mart_path: Path, pretrained) -> None:
+    mart, seqs, y = _labelled(mart_path)
     encoder = find_pretrained(registry, "cards", mart_version=mart.version, earliest_report_date="2024-10-01",
                               manifest=mart.manifest)
     assert encoder is not None
-    ids = mart.client_ids
-    seqs = extract_sequences(mart, ids, np.full(len(ids), np.datetime64("2024-10-01")), 256)
-    y = (ids % 12 < 6).astype(np.float64)  # the favourite merchant type decides the target
     # A learning rate of ~0 leaves the encoder where it started: exactly the pretrained weights.
     params = encoder.train_params(TrainParams(max_epochs=1, lr=1e-12, batch_size=64))
     model, history = train_model({"cards": seqs}, y, {"cards": seqs}, y, task_type="binary", metric="roc_auc",
@@ -150,10 +155,7 @@ def test_a_task_starts_from_the_registered_weights(registry: str, mart_path: Pat
 
 def test_a_frozen_encoder_stays_pretrained_while_the_head_learns(pretrained, mart_path: Path) -> None:
     encoder, _ = pretrained
-    mart = Mart.open(mart_path)
-    ids = mart.client_ids
-    seqs = extract_sequences(mart, ids, np.full(len(ids), np.datetime64("2024-10-01")), 256)
-    y = (ids % 12 < 6).astype(np.float64)
+    mart, seqs, y = _labelled(mart_path)
     params = dataclasses.replace(encoder.train_params(TrainParams(max_epochs=2, batch_size=32)),
                                  freeze_encoder=True)
     model, _ = train_model({"cards": seqs}, y, {"cards": seqs}, y, task_type="binary", metric="roc_auc",
@@ -170,10 +172,7 @@ def test_in_the_fusion_model_only_the_pretrained_domains_stay_frozen(pretrained,
     from anna_models.encoders import DomainModel
 
     encoder, _ = pretrained
-    mart = Mart.open(mart_path)
-    ids = mart.client_ids
-    seqs = extract_sequences(mart, ids, np.full(len(ids), np.datetime64("2024-10-01")), 256)
-    y = (ids % 12 < 6).astype(np.float64)
+    mart, seqs, y = _labelled(mart_path)
     # "copy" reads the same events but has no pretrained encoder: it trains from scratch beside "cards".
     _, frozen = fusion_candidates(TrainParams(max_epochs=2, batch_size=32), ["copy", "cards"],
                                   {"copy": None, "cards": encoder})
