@@ -145,7 +145,7 @@ def _targets(ctx: StepContext) -> dict[str, np.ndarray]:
 def train(ctx: StepContext, domain: str) -> dict:
     """Search the domain encoder (anna_models.automl: trials on train rows, early stopping and choice on
     valid); save the chosen model, models/<domain>/trials.json, and predictions for valid and test rows."""
-    from anna_models.automl import find_pretrained_encoder, search
+    from anna_models.automl import search
 
     cfg = ctx.config
     seqs, manifest = _load_extracts(ctx, domain)
@@ -156,12 +156,7 @@ def train(ctx: StepContext, domain: str) -> dict:
     def report(**fields: Any) -> None:
         ctx.progress(name, state="running", **fields)
 
-    pretrained = None
-    if params.search_budget_s > 0:
-        # Pretrained only on events before every report date of the sample, so no row sees its own future.
-        earliest = str(split["report_date"].min().date())
-        pretrained = find_pretrained_encoder(cfg.tracking_uri, domain, manifest=manifest,
-                                             earliest_report_date=earliest, progress=report)
+    pretrained = _pretrained(ctx, split, domain, manifest, report) if params.search_budget_s > 0 else None
     result = search(
         {domain: seqs["train"]}, y["train"], {domain: seqs["valid"]}, y["valid"], task_type=cfg.task_type,
         metric=cfg.metric, classes=info["classes"], manifests={domain: manifest}, params=params,
@@ -169,11 +164,28 @@ def train(ctx: StepContext, domain: str) -> dict:
         on_trial=lambda trials: write_json(out / "trials.json", trials),
     )
     write_json(out / "manifest.json", manifest)
-    summary = _save_model(ctx, domain, result.model, result.history, result.params, seqs)
-    write_json(out / "trials.json", result.to_json(metric=cfg.metric, budget_s=params.search_budget_s))
-    chosen = result.trials[result.chosen]
-    return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows, **summary,
-            "trials": len(result.trials), "chosen": chosen.label()}
+    return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows,
+            **_save_search(ctx, domain, result, params, seqs)}
+
+
+def _pretrained(ctx: StepContext, split: pd.DataFrame, domain: str, manifest: dict,
+                report: Callable[..., None]) -> Any:
+    """The registry's pretrained encoder of ``domain`` that fits its mart, or None
+    (``automl.find_pretrained_encoder``): pretrained only on events before every report date of the
+    sample, so no row sees its own future through the starting weights."""
+    from anna_models.automl import find_pretrained_encoder
+
+    earliest = str(split["report_date"].min().date())
+    return find_pretrained_encoder(ctx.config.tracking_uri, domain, manifest=manifest,
+                                   earliest_report_date=earliest, progress=report)
+
+
+def _save_search(ctx: StepContext, name: str, result: Any, params: TrainParams, seqs: dict[str, Any]) -> dict:
+    """Save a search's chosen model (``_save_model``) and models/<name>/trials.json; the step's summary."""
+    summary = _save_model(ctx, name, result.model, result.history, result.params, seqs)
+    write_json(ctx.run_dir / "models" / name / "trials.json",
+               result.to_json(metric=ctx.config.metric, budget_s=params.search_budget_s))
+    return {**summary, "trials": len(result.trials), "chosen": result.trials[result.chosen].label()}
 
 
 def model_names(domains: list[str]) -> list[str]:
@@ -192,7 +204,7 @@ def train_fusion(ctx: StepContext) -> dict:
     the registry holds pretrained encoders of the domains, a second trial starts from them, frozen
     (``automl.fusion_candidates``), and the better on valid is kept, as a domain's search keeps its best.
     """
-    from anna_models.automl import find_pretrained_encoder, fusion_candidates, search
+    from anna_models.automl import fusion_candidates, search
 
     cfg = ctx.config
     if FUSION not in model_names(cfg.domains):
@@ -209,20 +221,14 @@ def train_fusion(ctx: StepContext) -> dict:
 
     pretrained: dict[str, Any] = {}
     if params.search_budget_s > 0:
-        earliest = str(split["report_date"].min().date())
-        pretrained = {d: find_pretrained_encoder(cfg.tracking_uri, d, manifest=loaded[d][1],
-                                                 earliest_report_date=earliest, progress=report)
-                      for d in cfg.domains}
+        pretrained = {d: _pretrained(ctx, split, d, loaded[d][1], report) for d in cfg.domains}
     result = search(
         seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
         classes=info["classes"], manifests={d: loaded[d][1] for d in cfg.domains}, params=params,
         device=ctx.device, seed=cfg.seed, queue=fusion_candidates(params, cfg.domains, pretrained),
         progress=report, on_trial=lambda trials: write_json(out / "trials.json", trials),
     )
-    summary = _save_model(ctx, FUSION, result.model, result.history, result.params, seqs)
-    write_json(out / "trials.json", result.to_json(metric=cfg.metric, budget_s=params.search_budget_s))
-    return {"train_rows": len(y["train"]), **summary, "trials": len(result.trials),
-            "chosen": result.trials[result.chosen].label()}
+    return {"train_rows": len(y["train"]), **_save_search(ctx, FUSION, result, params, seqs)}
 
 
 @idempotent

@@ -190,7 +190,7 @@ def trials_tables(content: dict[str, Any]) -> list[str]:
     models = dict(content.get("domains") or {})
     if content.get("fusion"):
         models["fusion"] = content["fusion"]
-    for domain, entry in models.items():
+    for model, entry in models.items():
         trials = entry.get("trials") or []
         if len(trials) < 2:
             continue  # no search ran (budget 0): nothing to choose between
@@ -205,7 +205,7 @@ def trials_tables(content: dict[str, Any]) -> list[str]:
             rows.append([trial.get("number"), encoder, trial.get("init"), trial.get("state"),
                          trial.get("epochs"), seconds, trial.get("best_valid_metric"), chosen])
         headers = ["trial", "encoder", "start", "state", "epochs", "seconds", f"valid {metric}", ""]
-        tables.append(f"AutoML trials, {domain}\n{table(headers, rows)}")
+        tables.append(f"AutoML trials, {model}\n{table(headers, rows)}")
     return tables
 
 
