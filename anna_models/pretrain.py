@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import urllib.error
@@ -250,6 +251,9 @@ def find_pretrained(tracking_uri: str, domain: str, *, mart_version: str | None,
         if not usable:
             return None
         _, number, chosen = max(usable, key=lambda u: (u[0], u[1]))
+        # MLflow draws a progress bar per download; in a step's or a task's log it is only noise (a user
+        # who wants it sets the variable).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         with tempfile.TemporaryDirectory() as tmp:
             folder = client.download_artifacts(str(chosen.run_id), ARTIFACT_PATH, tmp)
             return load_encoder(Path(folder), name=f"{registered_name(domain)} v{number}")

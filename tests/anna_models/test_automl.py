@@ -4,7 +4,7 @@ and through the pipeline a searched model that the report, MLflow and scoring al
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,24 @@ def test_the_budget_stops_the_search_within_one_epoch_and_skips_what_cannot_fit(
     result = run_search(trainer, clock, max_epochs=6, search_budget_s=5.0)
     assert [(t.state, t.epochs) for t in result.trials] == [("completed", 6)]
     assert len(result.skipped) == len(automl.SEARCH_SPACE) - 1
+
+
+def test_a_frozen_candidate_is_judged_by_its_forward_only_cost_when_the_budget_is_short() -> None:
+    """A frozen encoder's epoch costs ~0.4 of the same encoder trained whole: the search must not skip it
+    as if it needed the full time (the fusion model's frozen start was skipped so on a busy run)."""
+    clock = Clock()
+    trainer = FakeTrainer(clock, {"gru": [*GOOD, 0.81, 0.82]}, epoch_s=10.0)
+    given = TrainParams(max_epochs=6, search_budget_s=75.0)
+    frozen = automl.Candidate(replace(given, freeze_encoder=True), init="encoder (frozen)", weights={})
+    whole = automl.Candidate(given, init="encoder", weights={})
+    result = automl.search({"cards": None}, np.zeros(4), {"cards": None}, np.zeros(4), task_type="binary",
+                           metric="roc_auc", classes=[0, 1], manifests={"cards": {}}, params=given,
+                           queue=[automl.Candidate(given), whole, frozen], trainer=trainer, clock=clock)
+
+    # 60 s for the given params leaves 15 s: two whole epochs (20 s) do not fit, two frozen ones (8 s) do.
+    assert [t.init for t in result.trials] == ["scratch", "encoder (frozen)"]
+    assert result.skipped == ["gru 64 from encoder: needs ~20 s, 15 s left"]
+    assert trainer.calls[-1][0].freeze_encoder
 
 
 def test_a_candidate_that_fails_costs_only_itself_but_the_given_params_failing_fails_the_search() -> None:

@@ -119,6 +119,14 @@ def test_an_encoder_is_usable_only_from_its_cutoff_on(registry: str, mart_path: 
     assert on_cutoff is not None and on_cutoff.cutoff == CUTOFF and on_cutoff.name == "pretrained-cards v2"
 
 
+def test_the_lookup_draws_no_download_progress_bar_in_the_step_log(
+        registry: str, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "")  # recorded, so restored after the test
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    assert find_pretrained(registry, "cards", mart_version=None, earliest_report_date=CUTOFF) is not None
+    assert "Downloading artifacts" not in capfd.readouterr().err
+
+
 def test_find_pretrained_skips_encoders_whose_vocabulary_changed(registry: str, mart_path: Path) -> None:
     manifest = read_manifest(mart_path)
     grown = {**manifest, "features": {**manifest["features"], "mcc": {
