@@ -252,7 +252,7 @@ def find_pretrained_encoder(tracking_uri: str, domain: str, *, manifest: dict[st
 
 def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, Any], y_valid: np.ndarray, *,
            task_type: str, metric: str, classes: list, manifests: Mapping[str, dict], params: TrainParams,
-           seed: int = 0, device: str = "auto", pretrained: Any = None, queue: list[Candidate] | None = None,
+           seed: int = 0, device: str = "auto", queue: list[Candidate] | None = None,
            progress: Callable[..., None] | None = None, trainer: Trainer | None = None,
            on_trial: Callable[[dict[str, Any]], None] | None = None,
            clock: Callable[[], float] = time.monotonic) -> SearchResult:
@@ -260,8 +260,9 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
 
     ``train``/``valid``: {domain: Sequences} as ``training.train_model`` takes them; ``trainer`` defaults
     to ``training.train_model`` (tests pass a fake). ``on_trial(trials_json)`` is called after each trial.
-    ``queue``: the candidates to try instead of ``candidates(params, ...)`` (its first is the given
-    params; the fusion model passes ``fusion_candidates``). With a budget of 0 only the given params train.
+    ``queue``: the candidates to try, the given params first (default ``candidates(params, seed=seed)``;
+    a domain with a pretrained encoder passes ``candidates(..., pretrained=...)``, the fusion model
+    ``fusion_candidates``). With a budget of 0 only the given params train.
     """
     if trainer is None:
         from anna_models import training
@@ -272,7 +273,7 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
     if budget <= 0:
         queue = [Candidate(params)]
     elif queue is None:
-        queue = candidates(params, seed=seed, pretrained=pretrained)
+        queue = candidates(params, seed=seed)
     data = (train, y_train, valid, y_valid)
     options = {"task_type": task_type, "classes": classes, "manifests": manifests, "device": device,
                "seed": seed}

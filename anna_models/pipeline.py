@@ -136,8 +136,10 @@ def _save_model(ctx: StepContext, name: str, model: Any, history: list, params: 
     }
 
 
-def _targets(ctx: StepContext) -> dict[str, np.ndarray]:
-    split, _ = read_split(ctx.run_dir)
+def _targets(ctx: StepContext, split: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """The target of each part's rows; ``split``: the run's split when the caller has read it already."""
+    if split is None:
+        split, _ = read_split(ctx.run_dir)
     return {part: split.loc[split["part"] == part, "y"].to_numpy() for part in PARTS}
 
 
@@ -145,12 +147,12 @@ def _targets(ctx: StepContext) -> dict[str, np.ndarray]:
 def train(ctx: StepContext, domain: str) -> dict:
     """Search the domain encoder (anna_models.automl: trials on train rows, early stopping and choice on
     valid); save the chosen model, models/<domain>/trials.json, and predictions for valid and test rows."""
-    from anna_models.automl import search
+    from anna_models.automl import candidates, search
 
     cfg = ctx.config
     seqs, manifest = _load_extracts(ctx, domain)
-    y, params, name = _targets(ctx), domain_params(ctx, domain), step_name(train, domain)
     split, info = read_split(ctx.run_dir)
+    y, params, name = _targets(ctx, split), domain_params(ctx, domain), step_name(train, domain)
     out = ctx.run_dir / "models" / domain
 
     def report(**fields: Any) -> None:
@@ -160,7 +162,8 @@ def train(ctx: StepContext, domain: str) -> dict:
     result = search(
         {domain: seqs["train"]}, y["train"], {domain: seqs["valid"]}, y["valid"], task_type=cfg.task_type,
         metric=cfg.metric, classes=info["classes"], manifests={domain: manifest}, params=params,
-        device=ctx.device, seed=cfg.seed, pretrained=pretrained, progress=report,
+        device=ctx.device, seed=cfg.seed, queue=candidates(params, seed=cfg.seed, pretrained=pretrained),
+        progress=report,
         on_trial=lambda trials: write_json(out / "trials.json", trials),
     )
     write_json(out / "manifest.json", manifest)
@@ -211,8 +214,8 @@ def train_fusion(ctx: StepContext) -> dict:
         return {"skipped": "a single domain needs no fusion"}
     loaded = {d: _load_extracts(ctx, d) for d in cfg.domains}
     seqs = {part: {d: loaded[d][0][part] for d in cfg.domains} for part in PARTS}
-    y, name = _targets(ctx), step_name(train_fusion)
     split, info = read_split(ctx.run_dir)
+    y, name = _targets(ctx, split), step_name(train_fusion)
     params = TrainParams.for_domain(cfg.params, FUSION)
     out = ctx.run_dir / "models" / FUSION
 

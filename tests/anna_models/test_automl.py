@@ -54,9 +54,11 @@ class FakeTrainer:
 def run_search(trainer: FakeTrainer, clock: Clock, *, metric: str = "roc_auc", seed: int = 0,
                pretrained: Any = None, **params: Any) -> automl.SearchResult:
     given = TrainParams(**{"max_epochs": 4, "search_budget_s": 1000.0, **params})
+    # Without a pretrained encoder, search's own default queue (the space in a seeded order).
+    queue = None if pretrained is None else automl.candidates(given, seed=seed, pretrained=pretrained)
     return automl.search({"cards": None}, np.zeros(4), {"cards": None}, np.zeros(4), task_type="binary",
                          metric=metric, classes=[0, 1], manifests={"cards": {}}, params=given, seed=seed,
-                         pretrained=pretrained, trainer=trainer, clock=clock)
+                         queue=queue, trainer=trainer, clock=clock)
 
 
 def test_search_prunes_bad_trials_and_chooses_the_best_valid_one() -> None:
