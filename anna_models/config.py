@@ -102,3 +102,19 @@ class StepContext:
     config: RunConfig
     progress: Callable[..., None] = _no_progress
     device: str = "auto"  # auto | cpu | cuda
+
+
+def model_names(domains: list[str]) -> list[str]:
+    """The models a run trains and blends: one per domain, the fusion model when there are several, and
+    LightGBM on the domains' aggregates."""
+    return [*domains, FUSION, LIGHTGBM] if len(domains) > 1 else [*domains, LIGHTGBM]
+
+
+def domain_params(ctx: StepContext, domain: str) -> TrainParams:
+    """The domain's training params: the run's over the mart's ``default_max_len`` (from the extract step's
+    copy of the mart manifest, once it has run)."""
+    manifest_path = ctx.run_dir / "extract" / domain / "manifest.json"
+    base = {}
+    if manifest_path.exists():
+        base["max_len"] = int(json.loads(manifest_path.read_text()).get("default_max_len", 256))
+    return TrainParams.for_domain(ctx.config.params, domain, base=base)

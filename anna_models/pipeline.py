@@ -1,4 +1,5 @@
-"""The training pipeline's steps (docs/architecture.md): split, per domain extract + train, blend, evaluate.
+"""The training pipeline's steps (docs/architecture.md): split, per domain extract + train, then the
+fusion model and LightGBM; the closing steps (blend, evaluate, register) live in ``anna_models.ensemble``.
 
 Each step reads and writes files under ``ctx.run_dir`` only and ends by writing
 ``steps/<step>[.<domain>].done.json`` atomically; a step whose marker exists returns at once, so
@@ -26,6 +27,9 @@ import pandas as pd
 from anna_models.config import FUSION as FUSION  # re-exported: callers use pipeline.FUSION
 from anna_models.config import LIGHTGBM as LIGHTGBM  # and pipeline.LIGHTGBM
 from anna_models.config import METRICS, TASK_TYPES, StepContext, TrainParams
+from anna_models.config import domain_params as domain_params  # re-exported: pipeline.domain_params
+from anna_models.config import model_names as model_names  # and pipeline.model_names
+from anna_models.ensemble import blend, evaluate, register
 from anna_models.split import PARTS, prepare_split, read_split
 from anna_models.split import split_sample as split_sample  # re-exported: callers use pipeline.split_sample
 from anna_models.steps import idempotent, write_json
@@ -56,14 +60,6 @@ def validate_split(ctx: StepContext) -> dict:
     tmp.replace(ctx.run_dir / "split.parquet")
     write_json(ctx.run_dir / "split.json", info)
     return {"kind": info["kind"], "rows": {p: v["rows"] for p, v in info["parts"].items()}}
-
-
-def domain_params(ctx: StepContext, domain: str) -> TrainParams:
-    manifest_path = ctx.run_dir / "extract" / domain / "manifest.json"
-    base = {}
-    if manifest_path.exists():
-        base["max_len"] = int(json.loads(manifest_path.read_text()).get("default_max_len", 256))
-    return TrainParams.for_domain(ctx.config.params, domain, base=base)
 
 
 # ---------------------------------------------------------------- per domain
@@ -191,12 +187,6 @@ def _save_search(ctx: StepContext, name: str, result: Any, params: TrainParams, 
     return {**summary, "trials": len(result.trials), "chosen": result.trials[result.chosen].label()}
 
 
-def model_names(domains: list[str]) -> list[str]:
-    """The models a run trains and blends: one per domain, the fusion model when there are several, and
-    LightGBM on the domains' aggregates."""
-    return [*domains, FUSION, LIGHTGBM] if len(domains) > 1 else [*domains, LIGHTGBM]
-
-
 @idempotent
 def train_fusion(ctx: StepContext) -> dict:
     """Train the fusion model, which reads all domains at once, on the same rows as the domain encoders.
@@ -268,188 +258,6 @@ def train_lightgbm(ctx: StepContext) -> dict:
     pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
     return {"train_rows": len(train_rows), "rounds": model.rounds, "columns": len(model.columns),
             "class_weights": model.class_weights}
-
-
-# ---------------------------------------------------------------- blend, evaluate
-
-
-def domain_predictions(run_dir: Path, domains: list[str]) -> tuple[pd.DataFrame, dict, dict]:
-    """Rows (row, part) and per model the raw outputs and presence flags (any event), aligned."""
-    outputs, present, rows = {}, {}, None
-    for domain in domains:
-        frame = pd.read_parquet(Path(run_dir) / "models" / domain / "predictions.parquet")
-        if rows is None:
-            rows = frame[["row", "part"]]
-        elif not np.array_equal(rows["row"].to_numpy(), frame["row"].to_numpy()):
-            raise RuntimeError(f"predictions of {domain} are not aligned with those of {domains[0]}")
-        outputs[domain] = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy()
-        present[domain] = frame["length"].to_numpy() > 0
-    return rows, outputs, present
-
-
-@idempotent
-def blend(ctx: StepContext) -> dict:
-    """Fit the blender on valid rows only (blend of every model, or the best one alone if it cross-validates
-    better there); write blend/blender.json and blended scores for valid and test."""
-    from anna_models.blend import Blender
-
-    cfg = ctx.config
-    split, info = read_split(ctx.run_dir)
-    names = model_names(cfg.domains)
-    rows, outputs, present = domain_predictions(ctx.run_dir, names)
-    y = split["y"].to_numpy()[rows["row"].to_numpy()]
-    fit = (rows["part"] == "valid").to_numpy()
-    n_classes = max(len(info["classes"]), 2)
-    blender = Blender(task_type=cfg.task_type, domains=names, n_classes=n_classes)
-    blender.fit({d: o[fit] for d, o in outputs.items()}, {d: p[fit] for d, p in present.items()}, y[fit],
-                seed=cfg.seed, metric=cfg.metric)
-    out = ctx.run_dir / "blend"
-    out.mkdir(parents=True, exist_ok=True)
-    blender.save(out / "blender.json")
-    scores = np.asarray(blender.predict(outputs, present)).reshape(len(rows), -1)
-    frame = rows.copy()
-    for k in range(scores.shape[1]):
-        frame[f"score_{k}"] = scores[:, k]
-    frame.to_parquet(out / "predictions.parquet", index=False)
-    return {"fit_parts": ["valid"], "fit_rows": int(fit.sum()), "chosen_regularisation": blender.chosen,
-            "choice": blender.choice.get("kind"), "inputs": blender.inputs}
-
-
-def _scores(task_type: str, values: np.ndarray) -> np.ndarray:
-    return values if task_type == "multiclass" else values[:, 0]
-
-
-@idempotent
-def evaluate(ctx: StepContext) -> dict:
-    """Write report.json: per domain, fusion and blended metrics on valid and test, curves, the split."""
-    from anna_models.metrics import evaluation
-    from anna_models.training import to_scores
-
-    cfg = ctx.config
-    split, info = read_split(ctx.run_dir)
-    names = model_names(cfg.domains)
-    rows, outputs, present = domain_predictions(ctx.run_dir, names)
-    blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
-    y = split["y"].to_numpy()[rows["row"].to_numpy()]
-    report: dict[str, Any] = {"run_id": cfg.run_id, "task_name": cfg.task_name, "task_type": cfg.task_type,
-                              "metric": cfg.metric, "classes": info["classes"], "split": info, "domains": {}}
-    for name in names:
-        history = json.loads((ctx.run_dir / "models" / name / "history.json").read_text())
-        entry: dict[str, Any] = {"history": history, "epochs": len(history)}
-        trials_path = ctx.run_dir / "models" / name / "trials.json"
-        if trials_path.exists():  # the AutoML search's trials (domain encoders and fusion)
-            search = json.loads(trials_path.read_text())
-            entry["trials"] = [{**t, "chosen": t["number"] == search["chosen"]} for t in search["trials"]]
-        for part in ("valid", "test"):
-            mask = (rows["part"] == part).to_numpy()
-            scores = to_scores(cfg.task_type, _scores(cfg.task_type, outputs[name][mask]))
-            entry[part] = evaluation(cfg.task_type, y[mask], scores)
-            entry[part]["coverage"] = float(present[name][mask].mean())
-        if name == LIGHTGBM:
-            folder = ctx.run_dir / "models" / LIGHTGBM
-            entry["epochs"] = json.loads((folder / "booster.json").read_text())["rounds"]
-            entry["top_features"] = json.loads((folder / "importance.json").read_text())
-            report[LIGHTGBM] = entry
-        elif name == FUSION:
-            report[FUSION] = entry
-        else:
-            report["domains"][name] = entry
-    score_columns = [c for c in blended.columns if c.startswith("score_")]
-    report["blend"] = {}
-    for part in ("valid", "test"):
-        mask = (blended["part"] == part).to_numpy()
-        scores = _scores(cfg.task_type, blended.loc[mask, score_columns].to_numpy())
-        report["blend"][part] = evaluation(cfg.task_type, y[mask], scores, curves=True)
-    report["blender"] = json.loads((ctx.run_dir / "blend" / "blender.json").read_text())
-    report["leaderboard"] = _leaderboard(report, names)
-    write_json(ctx.run_dir / "report.json", report)
-    return {"test": report["blend"]["test"]["metrics"]}
-
-
-def model_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
-    """A model's section of report.json: ``report[name]`` for fusion and LightGBM, else its domain's."""
-    return report[name] if name in (FUSION, LIGHTGBM) else report["domains"][name]
-
-
-def _leaderboard(report: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
-    """Every model and the blend by the run's metric, best valid first. The blender was fit on the valid
-    rows, so its valid figure is the out-of-fold one from its cross-validation there."""
-    from anna_models.metrics import leaderboard
-
-    metric = report["metric"]
-    rows = [{"model": name, "kind": name if name in (FUSION, LIGHTGBM) else "domain",
-             "valid": model_entry(report, name)["valid"]["metrics"][metric],
-             "test": model_entry(report, name)["test"]["metrics"][metric]} for name in names]
-    choice = report["blender"].get("choice") or {}
-    chosen = "blend" if choice.get("kind", "blend") == "blend" else choice["inputs"][0]
-    valid = (choice.get("cv") or {}).get(chosen, report["blend"]["valid"]["metrics"][metric])
-    rows.append({"model": "blend", "kind": "blend", "valid": valid,
-                 "test": report["blend"]["test"]["metrics"][metric], "inputs": choice.get("inputs", names)})
-    return leaderboard(rows, metric)
-
-
-def _metrics_by_part(entry: dict[str, Any]) -> dict[str, float]:
-    return {f"{part}_{k}": v for part in ("valid", "test") for k, v in entry[part]["metrics"].items()}
-
-
-def _log_to_mlflow(ctx: StepContext) -> dict:
-    """Package the ensemble and log the run (parent + nested domain and blender runs) to MLflow."""
-    from anna_models.pyfunc import log_run, package_ensemble
-
-    cfg = ctx.config
-    report = json.loads((ctx.run_dir / "report.json").read_text())
-    versions = {d: json.loads((ctx.run_dir / "models" / d / "manifest.json").read_text())["version"]
-                for d in cfg.domains}
-    ensemble = {"task_type": cfg.task_type, "classes": report["classes"], "domains": list(cfg.domains),
-                "models": model_names(cfg.domains), "marts_root": cfg.marts_root, "run_id": cfg.run_id,
-                "max_len": {d: domain_params(ctx, d).max_len for d in cfg.domains}, "mart_versions": versions}
-    folder = package_ensemble(ctx.run_dir, ctx.run_dir / "package", ensemble=ensemble)
-    # The chosen trial's params (params.json), and every trial of the search as a run nested in the domain's.
-    children = [{"name": d, "params": json.loads((ctx.run_dir / "models" / d / "params.json").read_text()),
-                 "metrics": _metrics_by_part(entry), "history": entry["history"],
-                 "trials": entry.get("trials", [])} for d, entry in report["domains"].items()]
-    if FUSION in report:
-        chosen = json.loads((ctx.run_dir / "models" / FUSION / "params.json").read_text())
-        children.append({"name": FUSION, "params": chosen,
-                         "metrics": _metrics_by_part(report[FUSION]), "history": report[FUSION]["history"],
-                         "trials": report[FUSION].get("trials", [])})
-    if LIGHTGBM in report:
-        booster = json.loads((ctx.run_dir / "models" / LIGHTGBM / "booster.json").read_text())
-        settings = {**booster["params"], "rounds": booster["rounds"], "columns": len(booster["columns"])}
-        children.append({"name": LIGHTGBM, "params": settings, "metrics": _metrics_by_part(report[LIGHTGBM]),
-                         "history": report[LIGHTGBM]["history"]})
-    choice = report["blender"].get("choice") or {}
-    blender = {"regularisation": report["blender"]["chosen"], "offered": ",".join(model_names(cfg.domains)),
-               "inputs": ",".join(report["blender"].get("inputs") or model_names(cfg.domains)),
-               "choice": choice.get("kind", "blend")}
-    blender_metrics = {**_metrics_by_part(report["blend"]),
-                       **{f"cv_{name}": v for name, v in (choice.get("cv") or {}).items()}}
-    children.append({"name": "blender", "params": blender, "metrics": blender_metrics})
-    params = {"task_type": cfg.task_type, "metric": cfg.metric, "domains": ",".join(cfg.domains),
-              "seed": cfg.seed, "sample_fingerprint": cfg.sample_fingerprint,
-              "split": report["split"]["kind"], **{f"mart_version.{d}": v for d, v in versions.items()}}
-    metrics = _metrics_by_part(report["blend"])
-    for name in model_names(cfg.domains):
-        metrics.update({f"{name}.{k}": v for k, v in _metrics_by_part(model_entry(report, name)).items()})
-    if "calibration" in report["blend"]["test"]:
-        metrics["test_ece"] = report["blend"]["test"]["calibration"]["ece"]
-    registered = log_run(
-        tracking_uri=cfg.tracking_uri, experiment=cfg.task_name, run_name=f"anna-run-{cfg.run_id}",
-        tags={"anna.run_id": str(cfg.run_id), "anna.task_type": cfg.task_type}, params=params,
-        metrics=metrics, children=children, ensemble_dir=folder, registered_name=cfg.task_name,
-        artifacts=[ctx.run_dir / "report.json", ctx.run_dir / "split.json"],
-    )
-    write_json(ctx.run_dir / "registered.json", registered)
-    return registered
-
-
-_register = idempotent(_log_to_mlflow, step="register")
-
-
-def register(ctx: StepContext) -> str:
-    """Log the run to MLflow and register the ensemble under the task name; returns the model URI."""
-    _register(ctx)
-    return json.loads((ctx.run_dir / "registered.json").read_text())["model_uri"]
 
 
 PRE: list[Callable[[StepContext], None]] = [validate_split]

@@ -110,7 +110,7 @@ def fail_run(backend: Backend, *, run_id: int, attempt: int, error: str) -> bool
 def metrics_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     """``{"test": {blended test metrics}, "domains": {domain: {test metrics}}}`` from a run's report.json.
 
-    report.json (anna_models.pipeline.evaluate) holds ``blend.<part>.metrics`` and
+    report.json (anna_models.ensemble.evaluate) holds ``blend.<part>.metrics`` and
     ``domains.<domain>.<part>.metrics``.
     """
     if not report:
