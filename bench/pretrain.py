@@ -6,7 +6,7 @@ each demo target and domain, trains the pipeline's domain model from scratch and
 encoder with the same params and seed on the same rows (the pipeline's validate_split and extract steps),
 and reports the epochs each needs and their test metrics.
 
-    python bench/pretrain.py [--clients 20000] [--pretrain-epochs 4] [--pretrain-clients N] [--workers 2]
+    python bench/pretrain.py [--clients 20000] [--pretrain-epochs 12] [--pretrain-clients N] [--workers 2]
                              [--targets default_12m,product_next,spend_3m] [--data-dir DIR] [--no-write]
 """
 
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--pretrain-epochs", type=int, default=12)
     parser.add_argument("--pretrain-clients", type=int, default=None, help="pretrain on a subset of clients")
     parser.add_argument("--targets", default=",".join(TASKS))
     parser.add_argument("--no-write", action="store_true", help="do not update bench/results and docs")

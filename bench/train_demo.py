@@ -6,7 +6,7 @@ and prints each step's wall time, the encoders' throughput and the report's metr
 
     python bench/train_demo.py [--clients 20000] [--seed 0] [--data-dir DIR] [--workers 3]
                                [--sample default_12m] [--params '{"default": {"hidden": 64}}'] [--no-write]
-                               [--pretrain-epochs 4]
+                               [--pretrain-epochs 12]
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def demo_data(clients: int, seed: int, data_dir: Path) -> None:
 @click.option("--before", help="Cutoff date: only events strictly before it are used. Default: the "
               "first day of the month in the middle of the mart's span. Runs whose report dates all "
               "fall on or after it may start from the encoder.")
-@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))  # ColesParams.epochs
 @click.option("--clients", type=click.IntRange(min=2), help="Use this many random clients (default: all).")
 @click.option("--architecture", default="gru", show_default=True,
               type=click.Choice(["gru", "lstm", "transformer"]))

@@ -52,3 +52,11 @@ def test_pretrain_names_the_marts_when_the_domain_is_unknown(data_dir: Path) -> 
     result = CliRunner().invoke(cli, ["pretrain", "--domain", "credit"])
     assert result.exit_code == 2
     assert "card_transactions" in result.output and not (data_dir / "mlflow").exists()
+
+
+def test_the_help_shows_the_epochs_a_pretraining_runs_by_default() -> None:
+    from anna_models.coles import ColesParams
+
+    result = CliRunner().invoke(cli, ["pretrain", "--help"])
+    assert result.exit_code == 0
+    assert f"--epochs INTEGER RANGE [default: {ColesParams().epochs};" in " ".join(result.output.split())
