@@ -6,7 +6,7 @@ the client has no events there) and a "present" flag, so a client missing a doma
 sensible score. For classification it is a logistic model fit by log loss on held-out rows, which is
 what makes its probabilities calibrated (the inputs may come from class-weighted models).
 
-Its choice is explicit: cross-validated on the valid rows, the linear blend of every model is compared
+Its choice is explicit: cross-validated on the valid rows, the linear blend of every model offered is compared
 with each model alone (calibrated the same way) by the run's metric, and the blend is kept unless the
 best single model beats it; ``choice`` records the decision and the cross-validated scores.
 Saved as plain JSON (no pickles).

@@ -129,3 +129,29 @@ def test_blended_probabilities_are_calibrated_from_miscalibrated_models() -> Non
     for b in result["bins"]:
         if b["rows"] >= 300:
             assert abs(b["mean_predicted"] - b["observed"]) < 0.05, b
+
+
+def _fusion_and_domains(fusion_noise: float, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Valid outputs (N, 1) of two domain models (each sees half the truth), a fusion model (sees all of it,
+    with ``fusion_noise``) and LightGBM, and binary labels."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=3000), rng.normal(size=3000)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(a + b)))).astype(int)
+    outputs = {"card": a, "credit": b, "fusion": a + b + fusion_noise * rng.normal(size=3000),
+               "lightgbm": a + b + 1.5 * rng.normal(size=3000)}
+    return {name: value[:, None] for name, value in outputs.items()}, y
+
+
+def test_the_domain_models_are_not_blended_when_the_fusion_model_beats_each_on_valid() -> None:
+    from anna_models.ensemble import blend_inputs
+
+    names = ["card", "credit", "fusion", "lightgbm"]
+    outputs, y = _fusion_and_domains(fusion_noise=0.3)
+    assert blend_inputs("binary", "roc_auc", names, outputs, y) == ["fusion", "lightgbm"]
+    # A domain model better than the fusion model on valid keeps every model on offer.
+    outputs, y = _fusion_and_domains(fusion_noise=3.0)
+    auc = {name: compute_metric("roc_auc", y, value[:, 0]) for name, value in outputs.items()}
+    assert auc["card"] > auc["fusion"]
+    assert blend_inputs("binary", "roc_auc", names, outputs, y) == names
+    # Without a fusion model (one domain) there is nothing to leave out.
+    assert blend_inputs("binary", "roc_auc", ["card", "lightgbm"], outputs, y) == ["card", "lightgbm"]
