@@ -44,9 +44,10 @@ def blend(ctx: StepContext) -> dict:
     y = split["y"].to_numpy()[rows["row"].to_numpy()]
     fit = (rows["part"] == "valid").to_numpy()
     n_classes = max(len(info["classes"]), 2)
-    offered = blend_inputs(cfg.task_type, cfg.metric, names, {d: o[fit] for d, o in outputs.items()}, y[fit])
+    valid_outputs = {d: o[fit] for d, o in outputs.items()}
+    offered = blend_inputs(cfg.task_type, cfg.metric, names, valid_outputs, y[fit])
     blender = Blender(task_type=cfg.task_type, domains=offered, n_classes=n_classes)
-    blender.fit({d: outputs[d][fit] for d in offered}, {d: present[d][fit] for d in offered}, y[fit],
+    blender.fit({d: valid_outputs[d] for d in offered}, {d: present[d][fit] for d in offered}, y[fit],
                 seed=cfg.seed, metric=cfg.metric)
     out = ctx.run_dir / "blend"
     out.mkdir(parents=True, exist_ok=True)

@@ -79,25 +79,29 @@ class Ensemble:
     def domain_outputs(
         self, client_id: np.ndarray, report_date: np.ndarray, *, marts_root: Path | str | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Each model's raw outputs and presence flags for the rows, extracted point-in-time."""
+        """Raw outputs and presence flags of the models the blender reads, for the rows, extracted
+        point-in-time (the others are in the package for the report, not for scoring)."""
         from anna_models.extract import extract_sequences
         from anna_models.training import predict
 
         root = self.marts_root(marts_root)
         max_len = self.spec["max_len"]
-        seqs = {
-            d: extract_sequences(self._mart(root, d), client_id, report_date, max_len[d]) for d in max_len
-        }
+        models = {name: self.models[name] for name in self.blender.inputs}
+        # A domain's model reads its own sequences; the fusion and LightGBM models read every domain's.
+        reads = {name: [name] if name in max_len else model.domains if _is_booster(model) else
+                 model.config.domains for name, model in models.items()}
+        needed = {d for domains in reads.values() for d in domains}
+        seqs = {d: extract_sequences(self._mart(root, d), client_id, report_date, max_len[d])
+                for d in max_len if d in needed}
         outputs: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
-        for name, model in self.models.items():
-            # A domain's model reads its own sequences; the fusion and LightGBM models read every domain's.
-            reads = [name] if name in seqs else model.domains if _is_booster(model) else model.config.domains
+        for name, model in models.items():
             if _is_booster(model):
-                outputs[name] = model.predict({d: seqs[d] for d in reads})
+                outputs[name] = model.predict({d: seqs[d] for d in reads[name]})
             else:
-                outputs[name], _ = predict(model, seqs[name] if name in seqs else {d: seqs[d] for d in reads})
-            present[name] = np.sum([seqs[d].lengths for d in reads], axis=0) > 0
+                outputs[name], _ = predict(model, seqs[name] if name in max_len else
+                                           {d: seqs[d] for d in reads[name]})
+            present[name] = np.sum([seqs[d].lengths for d in reads[name]], axis=0) > 0
         return outputs, present
 
     def score_frame(self, frame: pd.DataFrame, *, marts_root: Path | str | None = None) -> pd.DataFrame:

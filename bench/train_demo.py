@@ -301,7 +301,7 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
     if result.get("scoring"):
         lines += [
             "",
-            f"Scoring through the packaged ensemble (extraction of all domains + encoders + blender), "
+            f"Scoring through the packaged ensemble (extraction + the models the blender reads + blender), "
             f"{result['threads']} thread(s): {result['scoring']['clients_per_s']:,.0f} clients/s "
             f"on {result['scoring']['rows']:,} rows",
         ]

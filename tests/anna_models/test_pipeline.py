@@ -109,7 +109,7 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert row["test"] == lightgbm["test"]["metrics"]["roc_auc"] and row["kind"] == "lightgbm"
     assert lightgbm["test"]["rows"] == counts["test"] and lightgbm["epochs"] >= 1 and lightgbm["top_features"]
     # The domains' models are offered to the blender only when one of them beats the fusion model on valid.
-    valid = {name: r["valid"] for name, r in ((r["model"], r) for r in board)}
+    valid = {r["model"]: r["valid"] for r in board}
     offered = names if max(valid[d] for d in ctx.config.domains) > valid["fusion"] else ["fusion", "lightgbm"]
     choice = report["blender"]["choice"]
     assert set(choice["cv"]) == {"blend", *offered} and report["blender"]["domains"] == offered
@@ -238,6 +238,9 @@ def test_multiclass_and_regression_runs_score_through_the_packaged_ensemble(
     split = pd.read_parquet(ctx.run_dir / "split.parquet")
     test = split[split.part == "test"]
     scored = ensemble.score_frame(test[["client_id", "report_date"]])
+    # Scoring runs only the models the blender reads (the others are packaged for the report).
+    outputs, _ = ensemble.domain_outputs(test["client_id"].to_numpy(), test["report_date"].to_numpy())
+    assert sorted(outputs) == sorted(ensemble.blender.inputs)
     blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
     expected = blended.loc[
         blended.part == "test", [c for c in blended.columns if c.startswith("score_")]
