@@ -170,7 +170,8 @@ def _metrics_by_part(entry: dict[str, Any]) -> dict[str, float]:
 
 def _log_to_mlflow(ctx: StepContext) -> dict:
     """Package the ensemble and log the run (parent + nested domain and blender runs) to MLflow."""
-    from anna_models.pyfunc import log_run, package_ensemble
+    from anna_models.pyfunc import package_ensemble
+    from anna_models.tracking import log_run
 
     cfg = ctx.config
     report = json.loads((ctx.run_dir / "report.json").read_text())

@@ -177,7 +177,7 @@ def log_encoder(encoder: PretrainedEncoder, tracking_uri: str) -> PretrainedEnco
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from anna_models.pyfunc import artifact_location, require_server
+    from anna_models.tracking import artifact_location, require_server
 
     require_server(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
