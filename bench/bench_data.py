@@ -72,7 +72,7 @@ def bench_generation(sizes: list[int], seed: int) -> list[dict]:
 
 def synthetic_mart(path: Path, n_events: int, seed: int) -> None:
     """A card-like mart of about ``n_events`` events: heavy-tailed counts, two categoricals, one amount."""
-    from anna_models.marts import MartWriter
+    from anna_models.mart_writer import MartWriter
 
     rng = np.random.default_rng(seed)
     n_clients = max(n_events // 150, 1)

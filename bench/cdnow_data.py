@@ -71,7 +71,7 @@ def validation_clients(sample: pd.DataFrame, share: float, seed: int) -> np.ndar
 
 def build_purchases_mart(events: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     """The benchmark's one mart: an event per purchase, amounts as numerics, the weekday as a category."""
-    from anna_models.marts import build_mart
+    from anna_models.mart_writer import build_mart
 
     frame = events.assign(weekday=pd.DatetimeIndex(events["event_time"]).day_name())
     return build_mart(frame, DOMAIN, categorical=["weekday"],

@@ -41,7 +41,7 @@ from anna_models.demo_data.window import (
     month_of,
     month_start,
 )
-from anna_models.marts import MartWriter
+from anna_models.mart_writer import MartWriter
 
 __all__ = [
     "CLIENTS_PER_CHUNK",

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from anna_backend.entrypoints.cli import cli
 from anna_backend.settings import get_settings
-from anna_models.marts import build_mart
+from anna_models.mart_writer import build_mart
 from anna_models.pretrain import find_pretrained
 
 

@@ -12,7 +12,8 @@ import pytest
 from anna_models import demo_data
 from anna_models.demo_data import DOMAINS, PRODUCTS, SAMPLES, generate_demo
 from anna_models.extract import extract_sequences
-from anna_models.marts import Mart, build_mart
+from anna_models.mart_writer import build_mart
+from anna_models.marts import Mart
 
 CLIENTS = 2_000
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from anna_models.extract import extract_sequences
-from anna_models.marts import TRANSFORMS, Mart, MartWriter
+from anna_models.mart_writer import MartWriter
+from anna_models.marts import TRANSFORMS, Mart
 
 
 def _mart(path, client_id, event_time, codes, amounts) -> Mart:

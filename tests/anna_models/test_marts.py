@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anna_models.marts import Mart, MartWriter, build_mart, read_manifest, signed_log1p
+from anna_models.mart_writer import MartWriter, build_mart
+from anna_models.marts import Mart, read_manifest, signed_log1p
 
 
 def _seconds(*stamps: str) -> np.ndarray:

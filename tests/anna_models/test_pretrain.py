@@ -14,7 +14,8 @@ from anna_models.batching import EventTable
 from anna_models.coles import ColesParams, sample_views
 from anna_models.config import TrainParams
 from anna_models.extract import extract_sequences
-from anna_models.marts import Mart, build_mart, read_manifest
+from anna_models.mart_writer import build_mart
+from anna_models.marts import Mart, read_manifest
 from anna_models.pretrain import (
     default_cutoff,
     find_pretrained,
