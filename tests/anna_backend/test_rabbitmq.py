@@ -22,14 +22,8 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
-from anna_backend.adapters.rabbitmq import (
-    DeadLetter,
-    Delivery,
-    RabbitRequestQueue,
-    Request,
-    RequestConsumer,
-    masked,
-)
+from anna_backend.adapters.rabbitmq import DeadLetter, RabbitRequestQueue, Request, masked
+from anna_backend.adapters.rabbitmq_consumer import Delivery, RequestConsumer
 from anna_backend.domain.errors import ServiceUnavailable
 
 pytestmark = pytest.mark.integration
