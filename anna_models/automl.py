@@ -38,7 +38,8 @@ NOISE_EPOCHS = 3  # the given params' valid metric over this many last epochs se
 ARCH_COST = {"gru": 1.0, "lstm": 1.1, "transformer": 3.5}
 # A frozen encoder runs forward only: no backward pass through the recurrence or the attention. Measured
 # per epoch against the same encoder trained whole on the demo (default_12m): 0.36-0.42 in the domain
-# models, 0.32 in the fusion model.
+# models, 0.32 in the fusion model. A fusion model that freezes only some domains' encoders (the others
+# have no pretrained one) costs in between, by the share of domains frozen (``frozen_share``).
 FROZEN_COST = 0.4
 Trainer = Callable[..., tuple[Any, list[dict[str, float]]]]
 
@@ -50,6 +51,7 @@ class Candidate:
     params: TrainParams
     init: str = "scratch"  # "scratch" or the pretrained encoder's name
     weights: Mapping[str, Any] | None = None
+    frozen_share: float = 1.0  # with params.freeze_encoder: the share of the model's domains frozen
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Trial:
     number: int
     params: TrainParams
     init: str
+    frozen_share: float = 1.0  # the candidate's
     state: str = "running"  # completed | pruned | budget (stopped when the budget ran out) | failed
     valid_metric: list[float | None] = field(default_factory=list)  # per epoch
     seconds: float = 0.0
@@ -153,20 +156,23 @@ def should_prune(metric: str, curve: list[float | None], earlier: list[Trial],
     return mine is None or is_better(metric, float(np.median(values)), mine)
 
 
-def relative_cost(params: TrainParams) -> float:
+def relative_cost(params: TrainParams, frozen_share: float = 1.0) -> float:
     """Seconds per epoch relative to a one-layer GRU 64. The event encoder and batching cost the same at
-    any width, so time grows slower than the recurrent layer's hidden**2; a frozen encoder costs less."""
-    frozen = FROZEN_COST if params.freeze_encoder else 1.0
+    any width, so time grows slower than the recurrent layer's hidden**2; a frozen encoder costs less,
+    and a model with ``frozen_share`` of its domains' encoders frozen costs in proportion."""
+    frozen = 1.0 - frozen_share * (1.0 - FROZEN_COST) if params.freeze_encoder else 1.0
     return ARCH_COST.get(params.architecture, 1.0) * params.layers * (params.hidden / 64) ** 0.5 * frozen
 
 
-def expected_seconds(candidate: TrainParams, finished: list[Trial], epochs: int) -> float:
-    """Seconds ``epochs`` epochs of ``candidate`` should take, judged by the finished trials (those of its
-    architecture when there are any: the prior costs are rough, measured ones are not)."""
+def expected_seconds(candidate: TrainParams, finished: list[Trial], epochs: int,
+                     frozen_share: float = 1.0) -> float:
+    """Seconds ``epochs`` epochs of ``candidate`` (``frozen_share`` as in ``relative_cost``) should take,
+    judged by the finished trials (those of its architecture when there are any: the prior costs are
+    rough, measured ones are not)."""
     timed = [t for t in finished if t.epochs and t.state != "failed"]
     same = [t for t in timed if t.params.architecture == candidate.architecture]
-    rates = [t.seconds / t.epochs / relative_cost(t.params) for t in same or timed]
-    return float(np.median(rates)) * relative_cost(candidate) * epochs if rates else 0.0
+    rates = [t.seconds / t.epochs / relative_cost(t.params, t.frozen_share) for t in same or timed]
+    return float(np.median(rates)) * relative_cost(candidate, frozen_share) * epochs if rates else 0.0
 
 
 def candidates(params: TrainParams, *, seed: int, pretrained: Any = None) -> list[Candidate]:
@@ -226,7 +232,8 @@ def fusion_candidates(params: TrainParams, domains: list[str], pretrained: Mappi
     if shaped.architecture != "transformer":
         shaped = replace(shaped, max_len=params.max_len)
     names = ", ".join(str(found[d].name) for d in used)
-    out.append(Candidate(shaped, init=f"{names} (frozen)", weights=weights))
+    out.append(Candidate(shaped, init=f"{names} (frozen)", weights=weights,
+                         frozen_share=len(used) / len(domains)))
     return out
 
 
@@ -283,10 +290,12 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
     best: tuple[Trial, Any, list[dict[str, float]]] | None = None
     margin = 0.0
     for candidate in queue:
-        trial = Trial(number=len(trials), params=candidate.params, init=candidate.init)
+        trial = Trial(number=len(trials), params=candidate.params, init=candidate.init,
+                      frozen_share=candidate.frozen_share)
         if trials:
             left = budget - (clock() - started)
-            need = expected_seconds(candidate.params, trials, min(PRUNE_AFTER_EPOCH, params.max_epochs))
+            need = expected_seconds(candidate.params, trials, min(PRUNE_AFTER_EPOCH, params.max_epochs),
+                                    candidate.frozen_share)
             if need > left:
                 skipped.append(f"{trial.label()}: needs ~{need:.0f} s, {max(left, 0):.0f} s left")
                 continue

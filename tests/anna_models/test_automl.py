@@ -360,7 +360,29 @@ def test_fusion_starts_from_the_domains_pretrained_encoders_frozen_renumbered_to
         "events.1.embeddings.0.weight": "cards events", "sequences.1.rnn.weight_hh_l0": "cards rnn",
         "events.2.embeddings.0.weight": "credit events", "sequences.2.rnn.weight_hh_l0": "credit rnn"}
     assert frozen.init == "pretrained-cards v1, pretrained-credit v1 (frozen)"
+    assert frozen.frozen_share == 0.5  # two of the four domains' encoders
     assert automl.fusion_candidates(params, domains, {"account": None}) == [automl.Candidate(params)]
+
+
+def test_a_model_freezing_only_some_domains_is_costed_by_that_share_when_the_budget_is_short() -> None:
+    # The given GRU 64 trains 4 epochs of 10 s; 10 s are left. Two epochs of a fully frozen candidate
+    # (0.4 of the cost) fit in 8 s; with half its domains frozen they take 14 s, so it is not started.
+    given = TrainParams(max_epochs=4, search_budget_s=50.0)
+    frozen = replace(given, freeze_encoder=True)
+    started = {}
+    for share in (1.0, 0.5):
+        clock = Clock()
+        trainer = FakeTrainer(clock, {"gru": GOOD}, epoch_s=10.0)
+        queue = [automl.Candidate(given), automl.Candidate(frozen, init="enc (frozen)", weights={},
+                                                           frozen_share=share)]
+        result = automl.search({"a": None, "b": None}, np.zeros(4), {"a": None, "b": None}, np.zeros(4),
+                               task_type="binary", metric="roc_auc", classes=[0, 1],
+                               manifests={"a": {}, "b": {}}, params=given, queue=queue, trainer=trainer,
+                               clock=clock)
+        started[share] = len(result.trials)
+        if share < 1:
+            assert result.skipped == ["gru 64 from enc (frozen): needs ~14 s, 10 s left"]
+    assert started == {1.0: 2, 0.5: 1}
 
 
 def test_a_given_queue_replaces_the_search_space_and_budget_zero_still_trains_only_the_given_params() -> None:
