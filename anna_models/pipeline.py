@@ -194,8 +194,9 @@ def train_fusion(ctx: StepContext) -> dict:
     A domain encoder squeezes its domain into one score, so the blender cannot tell which of the
     client's traits a score reflects, and counts a trait twice when two domains show it; the fusion
     model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo). When
-    the registry holds pretrained encoders of the domains, a second trial starts from them, frozen
-    (``automl.fusion_candidates``), and the better on valid is kept, as a domain's search keeps its best.
+    the registry holds pretrained encoders of the domains, a trial started from them, frozen, comes first
+    and the scratch one second (``automl.fusion_candidates``); the better on valid is kept, as a domain's
+    search keeps its best.
     """
     from anna_models.automl import fusion_candidates, search
 

@@ -183,7 +183,7 @@ def test_in_the_fusion_model_only_the_pretrained_domains_stay_frozen(pretrained,
     encoder, _ = pretrained
     mart, seqs, y = _labelled(mart_path)
     # "copy" reads the same events but has no pretrained encoder: it trains from scratch beside "cards".
-    _, frozen = fusion_candidates(TrainParams(max_epochs=2, batch_size=32), ["copy", "cards"],
+    frozen, _ = fusion_candidates(TrainParams(max_epochs=2, batch_size=32), ["copy", "cards"],
                                   {"copy": None, "cards": encoder})
     model, _ = train_model({"copy": seqs, "cards": seqs}, y, {"copy": seqs, "cards": seqs}, y,
                            task_type="binary", metric="roc_auc", classes=[0, 1],
