@@ -353,8 +353,9 @@ def _run_trial(trial: Trial, candidate: Candidate, earlier: list[Trial], *, trai
         if trial.epochs >= candidate.params.max_epochs:
             return False  # finished anyway: neither pruned nor cut by the budget
         if should_prune(metric, trial.valid_metric, [t for t in earlier if same_start(t, trial)]):
+            start = "scratch" if trial.init == "scratch" else "pretrained"
             trial.state = "pruned"
-            trial.note = f"worse than the earlier trials' median at epoch {trial.epochs}"
+            trial.note = f"worse than the earlier {start} trials' median at epoch {trial.epochs}"
             return True
         if clock() >= deadline:
             trial.state = "budget"
