@@ -6,7 +6,7 @@ and prints each step's wall time, the encoders' throughput and the report's metr
 
     python bench/train_demo.py [--clients 20000] [--seed 0] [--data-dir DIR] [--workers 3]
                                [--sample default_12m] [--params '{"default": {"hidden": 64}}'] [--no-write]
-                               [--pretrain-epochs 12]
+                               [--pretrain-epochs 12 [--reuse-pretrained]]
 """
 
 from __future__ import annotations
@@ -121,9 +121,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.pretrain_epochs:
         t = time.perf_counter()
         cutoff = str(sample["report_date"].min().date())  # every row's events before it are allowed
-        pretrained = pretrain_domains(data_dir, summary, cutoff, args.pretrain_epochs, args.seed,
-                                      args.workers, tracking_uri)
-        pretrained["(parallel)"] = {"seconds": round(time.perf_counter() - t, 1), "cutoff": cutoff}
+        stamp = data_dir / "pretrained" / "bench-stamp.json"
+        wanted = {"epochs": args.pretrain_epochs, "seed": args.seed, "cutoff": cutoff}
+        if args.reuse_pretrained and stamp.exists() and json.loads(stamp.read_text())["wanted"] == wanted:
+            pretrained = json.loads(stamp.read_text())["pretrained"]
+            print(f"reusing the encoders pretrained and registered by an earlier call ({stamp})", flush=True)
+        else:
+            pretrained = pretrain_domains(data_dir, summary, cutoff, args.pretrain_epochs, args.seed,
+                                          args.workers, tracking_uri)
+            pretrained["(parallel)"] = {"seconds": round(time.perf_counter() - t, 1), "cutoff": cutoff}
+            stamp.write_text(json.dumps({"wanted": wanted, "pretrained": pretrained}, indent=2))
     run_id = int(time.time())
     config = RunConfig(
         run_id=run_id,
@@ -356,6 +363,9 @@ def main() -> None:
                         help="first pretrain every domain's encoder (CoLES) for this many epochs and "
                              "register it, so the run's search may start from it; results go to a section "
                              "of their own")
+    parser.add_argument("--reuse-pretrained", action="store_true",
+                        help="with --pretrain-epochs: skip pretraining when an earlier call pretrained "
+                             "and registered the encoders with the same epochs, seed and cutoff")
     args = parser.parse_args()
     result = run(args)
     result["threads"] = args.threads
