@@ -22,6 +22,7 @@ import numpy as np
 from anna_models.aggregates import client_aggregates
 from anna_models.imbalance import class_weights
 from anna_models.sequences import Sequences
+from anna_models.split import can_stop_on, stopping_rows
 
 SPEC_FILE, BOOSTER_FILE = "booster.json", "booster.txt"
 # Sensible for samples of a few thousand to a few hundred thousand rows; run params["lightgbm"] override.
@@ -104,13 +105,6 @@ def aggregate_matrix(seqs: Mapping[str, Sequences], domains: list[str], features
     return np.concatenate(blocks, axis=1), names
 
 
-def stopping_rows(client_id: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """(N,) bool: the rows of a random ``share`` of the clients, on which boosting stops early. By client,
-    so that a client's rows a few months apart (nearly the same history) never sit on both sides."""
-    clients, inverse = np.unique(np.asarray(client_id), return_inverse=True)
-    return np.random.default_rng(seed + 1).random(len(clients))[inverse] < share
-
-
 def _objective(task_type: str, metric: str, n_classes: int) -> dict[str, Any]:
     objectives: dict[str, dict[str, Any]] = {
         "binary": {"objective": "binary"}, "regression": {"objective": "regression"},
@@ -174,9 +168,7 @@ def train_aggregate_model(train: Mapping[str, Sequences], y_train: np.ndarray, *
     booster_params = {**_objective(task_type, metric, n_classes), "seed": seed, "deterministic": True,
                       "force_row_wise": True, "verbosity": -1, **{k: settings[k] for k in tree}}
     hold = stopping_rows(client_id, float(settings["stopping_share"]), seed)
-    enough = hold.sum() >= 10 and (~hold).sum() >= 10
-    if enough and task_type != "regression":
-        enough = len(np.unique(y[hold])) > 1 and len(np.unique(y[~hold])) > 1
+    enough = can_stop_on(hold, y, task_type)
 
     def dataset(rows: np.ndarray) -> Any:
         return lightgbm.Dataset(x[rows], y[rows], weight=None if row_weight is None else row_weight[rows],

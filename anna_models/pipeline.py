@@ -30,7 +30,7 @@ from anna_models.config import METRICS, TASK_TYPES, StepContext, TrainParams
 from anna_models.config import domain_params as domain_params  # re-exported: pipeline.domain_params
 from anna_models.config import model_names as model_names  # and pipeline.model_names
 from anna_models.ensemble import blend, evaluate, register
-from anna_models.split import PARTS, prepare_split, read_split
+from anna_models.split import PARTS, can_stop_on, prepare_split, read_split, stopping_rows
 from anna_models.split import split_sample as split_sample  # re-exported: callers use pipeline.split_sample
 from anna_models.steps import idempotent, write_json
 from anna_models.steps import marker_path as marker_path  # re-exported: callers use pipeline.marker_path
@@ -155,16 +155,37 @@ def train(ctx: StepContext, domain: str) -> dict:
         ctx.progress(name, state="running", **fields)
 
     pretrained = _pretrained(ctx, split, domain, manifest, report) if params.search_budget_s > 0 else None
+    fit, y_fit, stop, y_stop, stopping = _stopping_split(
+        split, {domain: seqs["train"]}, y["train"], {domain: seqs["valid"]}, y["valid"], params,
+        cfg.task_type, cfg.seed)
     result = search(
-        {domain: seqs["train"]}, y["train"], {domain: seqs["valid"]}, y["valid"], task_type=cfg.task_type,
-        metric=cfg.metric, classes=info["classes"], manifests={domain: manifest}, params=params,
-        device=ctx.device, seed=cfg.seed, queue=candidates(params, seed=cfg.seed, pretrained=pretrained),
-        progress=report,
-        on_trial=lambda trials: write_json(out / "trials.json", trials),
+        fit, y_fit, stop, y_stop, task_type=cfg.task_type, metric=cfg.metric, classes=info["classes"],
+        manifests={domain: manifest}, params=params, device=ctx.device, seed=cfg.seed,
+        queue=candidates(params, seed=cfg.seed, pretrained=pretrained), progress=report,
+        on_trial=lambda trials: write_json(out / "trials.json", {**trials, "stopping": stopping}),
     )
     write_json(out / "manifest.json", manifest)
     return {"train_rows": seqs["train"].n_rows, "valid_rows": seqs["valid"].n_rows,
-            **_save_search(ctx, domain, result, params, seqs)}
+            **_save_search(ctx, domain, result, params, seqs, stopping)}
+
+
+def _stopping_split(split: pd.DataFrame, train: dict[str, Any], y_train: np.ndarray, valid: dict[str, Any],
+                    y_valid: np.ndarray, params: TrainParams, task_type: str, seed: int
+                    ) -> tuple[dict[str, Any], np.ndarray, dict[str, Any], np.ndarray, dict[str, Any]]:
+    """The rows an encoder trains on, the rows it stops early and chooses its trial on, and a description.
+
+    The stopping rows are a client-grouped ``params.stopping_share`` of the train rows
+    (``split.stopping_rows``: the same rows for every domain), so the valid rows stay held out for the
+    blender. A sample too small to spare them (``split.can_stop_on``), or a share of 0, stops on valid.
+    """
+    rows = split.loc[split["part"] == "train"]
+    stop = stopping_rows(rows["client_id"].to_numpy(), params.stopping_share, seed)
+    if params.stopping_share <= 0 or not can_stop_on(stop, y_train, task_type):
+        return train, y_train, valid, y_valid, {"on": "valid", "rows": len(y_valid)}
+    fit_rows, stop_rows = np.flatnonzero(~stop), np.flatnonzero(stop)
+    return ({d: s.take(fit_rows) for d, s in train.items()}, y_train[fit_rows],
+            {d: s.take(stop_rows) for d, s in train.items()}, y_train[stop_rows],
+            {"on": "train", "rows": len(stop_rows), "share": params.stopping_share})
 
 
 def _pretrained(ctx: StepContext, split: pd.DataFrame, domain: str, manifest: dict,
@@ -179,12 +200,15 @@ def _pretrained(ctx: StepContext, split: pd.DataFrame, domain: str, manifest: di
                                    earliest_report_date=earliest, progress=report)
 
 
-def _save_search(ctx: StepContext, name: str, result: Any, params: TrainParams, seqs: dict[str, Any]) -> dict:
-    """Save a search's chosen model (``_save_model``) and models/<name>/trials.json; the step's summary."""
+def _save_search(ctx: StepContext, name: str, result: Any, params: TrainParams, seqs: dict[str, Any],
+                 stopping: dict[str, Any]) -> dict:
+    """Save a search's chosen model (``_save_model``) and models/<name>/trials.json, which also says which
+    rows the trials stopped on (``stopping``); the step's summary."""
     summary = _save_model(ctx, name, result.model, result.history, result.params, seqs)
-    write_json(ctx.run_dir / "models" / name / "trials.json",
-               result.to_json(metric=ctx.config.metric, budget_s=params.search_budget_s))
-    return {**summary, "trials": len(result.trials), "chosen": result.trials[result.chosen].label()}
+    trials = result.to_json(metric=ctx.config.metric, budget_s=params.search_budget_s)
+    write_json(ctx.run_dir / "models" / name / "trials.json", {**trials, "stopping": stopping})
+    return {**summary, "trials": len(result.trials), "chosen": result.trials[result.chosen].label(),
+            "stopped_on": stopping["on"], "stopping_rows": stopping["rows"]}
 
 
 @idempotent
@@ -216,13 +240,16 @@ def train_fusion(ctx: StepContext) -> dict:
     pretrained: dict[str, Any] = {}
     if params.search_budget_s > 0:
         pretrained = {d: _pretrained(ctx, split, d, loaded[d][1], report) for d in cfg.domains}
+    fit, y_fit, stop, y_stop, stopping = _stopping_split(
+        split, seqs["train"], y["train"], seqs["valid"], y["valid"], params, cfg.task_type, cfg.seed)
     result = search(
-        seqs["train"], y["train"], seqs["valid"], y["valid"], task_type=cfg.task_type, metric=cfg.metric,
+        fit, y_fit, stop, y_stop, task_type=cfg.task_type, metric=cfg.metric,
         classes=info["classes"], manifests={d: loaded[d][1] for d in cfg.domains}, params=params,
         device=ctx.device, seed=cfg.seed, queue=fusion_candidates(params, cfg.domains, pretrained),
-        progress=report, on_trial=lambda trials: write_json(out / "trials.json", trials),
+        progress=report,
+        on_trial=lambda trials: write_json(out / "trials.json", {**trials, "stopping": stopping}),
     )
-    return {"train_rows": len(y["train"]), **_save_search(ctx, FUSION, result, params, seqs)}
+    return {"train_rows": len(y["train"]), **_save_search(ctx, FUSION, result, params, seqs, stopping)}
 
 
 @idempotent

@@ -1,5 +1,9 @@
 """The split rules (docs/architecture.md): which sample rows train, which stop training early, which test.
 
+Every model trains on the train rows and stops early (and, for the encoders, chooses among AutoML trials)
+on a client-grouped share of them (``stopping_rows``), so the valid rows stay held out for the blender
+and for the valid metrics the report shows.
+
 Out of time when report dates span at least ``OOT_MIN_MONTHS`` months: the latest report dates are the
 test rows and the ones before them valid, unless fewer than ``OOT_VALID_MIN_MONTHS`` months precede the
 test months; then a month held out would take a third or half of the training rows, so valid is a random
@@ -19,6 +23,7 @@ PARTS = ("train", "valid", "test")
 OOT_MIN_MONTHS = 6  # report dates spanning at least this many months are split out of time
 OOT_VALID_MIN_MONTHS = 4  # fewer months before the test months: valid is random clients of them
 TEST_SHARE, VALID_SHARE = 0.20, 0.15
+MIN_STOPPING_ROWS = 10  # fewer stopping rows (or fit rows) than this: stop on valid instead (see can_stop_on)
 
 
 def split_sample(sample: pd.DataFrame, task_type: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -59,6 +64,22 @@ def _random_share(sample: pd.DataFrame, task_type: str, seed: int) -> np.ndarray
         strata = pd.Series(pd.factorize(sample["target"])[0], index=sample.index)
     frame = pd.DataFrame({"stratum": np.asarray(strata), "key": rng.random(len(clients))[inverse]})
     return frame.groupby("stratum")["key"].rank(pct=True).to_numpy()
+
+
+def stopping_rows(client_id: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """(N,) bool: the train rows of a random ``share`` of their clients, on which a model stops early. By
+    client, so that a client's rows a few months apart (nearly the same history) never sit on both sides."""
+    clients, inverse = np.unique(np.asarray(client_id), return_inverse=True)
+    return np.random.default_rng(seed + 1).random(len(clients))[inverse] < share
+
+
+def can_stop_on(stop: np.ndarray, y: np.ndarray, task_type: str) -> bool:
+    """Whether ``stop`` (bool over the train rows) leaves ``MIN_STOPPING_ROWS`` rows on each side and, for
+    classification, more than one class on each side: otherwise its metric says nothing."""
+    stop, y = np.asarray(stop, dtype=bool), np.asarray(y)
+    if min(stop.sum(), (~stop).sum()) < MIN_STOPPING_ROWS:
+        return False
+    return task_type == "regression" or (len(np.unique(y[stop])) > 1 and len(np.unique(y[~stop])) > 1)
 
 
 def encode_target(target: pd.Series, task_type: str) -> tuple[np.ndarray, list]:

@@ -328,8 +328,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], seeds: list[int], load: str
         lines += ["", f"ANNA's own split ({split['kind']}, `anna_models.split`): " + ", ".join(
             f"{p} {split[p]['rows']:,} rows ({split[p]['date_min']} .. {split[p]['date_max']})"
             for p in ("train", "valid", "test"))
-            + "; the encoder trains on train and stops early on valid, the blender fits on valid; the "
-            "blended test scores are checked to be exactly the README's test rows."]
+            + "; the encoder trains on train and stops early on a client-grouped share of it (the run's "
+            "`stopping_share`; 0 stops on valid), the blender fits on valid; the blended test scores are "
+            "checked to be exactly the README's test rows."]
         steps = runs["anna"][0]["timings"]
         mean_steps = {k: statistics.mean(e["timings"][k] for e in runs["anna"]) for k in steps}
         lines += ["", "ANNA's steps, mean s: " + ", ".join(f"{k} {v:.1f}" for k, v in mean_steps.items())

@@ -204,8 +204,12 @@ def trials_tables(content: dict[str, Any]) -> list[str]:
             chosen = "chosen" if trial.get("chosen") else ""
             rows.append([trial.get("number"), encoder, trial.get("init"), trial.get("state"),
                          trial.get("epochs"), seconds, trial.get("best_valid_metric"), chosen])
-        headers = ["trial", "encoder", "start", "state", "epochs", "seconds", f"valid {metric}", ""]
-        tables.append(f"AutoML trials, {model}\n{table(headers, rows)}")
+        stopping = entry.get("stopping") or {"on": "valid"}
+        on = "valid" if stopping["on"] == "valid" else "stopping rows"
+        headers = ["trial", "encoder", "start", "state", "epochs", "seconds", f"{on} {metric}", ""]
+        where = ("valid rows" if stopping["on"] == "valid" else
+                 f"{stopping['rows']:,} stopping rows, {stopping['share']:.0%} of the train clients")
+        tables.append(f"AutoML trials, {model} (compared on {where})\n{table(headers, rows)}")
     return tables
 
 

@@ -13,7 +13,7 @@ from anna_backend.domain.model import Run, RunState, Sample, Task, User
 from anna_backend.service_layer.ports import AbstractUnitOfWork, Backend, DeadRequest
 from anna_backend.service_layer.tasks import get_task, require_writer, resolve_task
 from anna_models.boosting import lightgbm_settings
-from anna_models.config import FUSION, LIGHTGBM, RunConfig, TrainParams
+from anna_models.config import FUSION, LIGHTGBM, MAX_STOPPING_SHARE, RunConfig, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ def _checked_params(params: dict[str, Any], task: Task) -> None:
                                          f"{name} must be a {kind.__name__}; got {value!r}")
             if kind in (int, float) and value < 0:
                 raise InvalidInput.field(("body", "params", model, name), f"{name} must not be negative")
+            if name == "stopping_share" and value > MAX_STOPPING_SHARE:
+                raise InvalidInput.field(("body", "params", model, name),
+                                         f"stopping_share (the share of train clients an encoder stops early "
+                                         f"on; 0: valid) must be at most {MAX_STOPPING_SHARE}")
 
 
 def _pick_sample(uow: AbstractUnitOfWork, task: Task, sample_id: int | None) -> Sample:

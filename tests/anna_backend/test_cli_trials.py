@@ -15,13 +15,18 @@ def test_trials_table_per_domain_marks_the_chosen_trial() -> None:
     report = {"metric": "roc_auc", "domains": {
         "cards": {"trials": [trial(0, "gru", "completed", 0.77, False),
                              trial(1, "lstm", "pruned", 0.70, False),
-                             trial(2, "transformer", "budget", 0.78, True, layers=2)]},
+                             trial(2, "transformer", "budget", 0.78, True, layers=2)],
+                  "stopping": {"on": "train", "rows": 2103, "share": 0.15}},
         "credit": {"trials": [trial(0, "gru", "completed", 0.7, True)]},  # budget 0: no search to show
     }}
     tables = trials_tables(report)
-    assert len(tables) == 1 and tables[0].startswith("AutoML trials, cards")
+    assert len(tables) == 1
+    # The trials are compared on the encoder's stopping rows, not on the valid rows of the leaderboard.
+    title = "AutoML trials, cards (compared on 2,103 stopping rows, 15% of the train clients)"
+    assert tables[0].splitlines()[0] == title
     lines = tables[0].splitlines()
-    assert lines[1].split() == ["trial", "encoder", "start", "state", "epochs", "seconds", "valid", "roc_auc"]
+    assert lines[1].split() == ["trial", "encoder", "start", "state", "epochs", "seconds", "stopping", "rows",
+                                "roc_auc"]
     assert lines[4].split() == ["1", "lstm", "64", "scratch", "pruned", "2", "42", "0.7000"]
     chosen = ["2", "transformer", "64x2", "scratch", "budget", "8", "42", "0.7800", "chosen"]
     assert lines[5].split() == chosen
@@ -34,6 +39,6 @@ def test_the_fusion_models_trials_follow_the_domains() -> None:
               "domains": {"cards": {"trials": [trial(0, "gru", "completed", 0.7, True)]}},
               "fusion": {"trials": [trial(0, "gru", "completed", 0.82, False), frozen]}}
     tables = trials_tables(report)
-    assert len(tables) == 1 and tables[0].startswith("AutoML trials, fusion")
+    assert len(tables) == 1 and tables[0].startswith("AutoML trials, fusion (compared on valid rows)")
     assert tables[0].splitlines()[-1].split()[3:6] == ["pretrained-cards", "v1", "(frozen)"]
     assert tables[0].splitlines()[-1].endswith("chosen")

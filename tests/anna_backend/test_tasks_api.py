@@ -125,6 +125,7 @@ def test_run_params_are_checked(make_task: MakeTask, api: Api, analyst: dict[str
     upload(api, analyst, "churn", csv_bytes(sample_frame()))
     for params, names in (({"default": {"hiden": 8}}, "hiden"), ({"telecom": {"hidden": 8}}, "telecom"),
                           ({"default": {"hidden": "big"}}, "hidden"), ({"fusion": {"hiden": 8}}, "hiden"),
+                          ({"default": {"stopping_share": 0.95}}, "stopping_share"),
                           ({"lightgbm": {"leaves": 8}}, "leaves"),
                           ({"lightgbm": {"num_leaves": 1}}, "num_leaves"),
                           ({"lightgbm": {"learning_rate": "fast"}}, "learning_rate")):

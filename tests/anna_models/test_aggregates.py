@@ -116,7 +116,8 @@ def demo_like(n: int, seed: int) -> tuple[Sequences, np.ndarray, np.ndarray]:
 
 
 def test_lightgbm_on_aggregates_learns_and_scores_the_same_after_saving(tmp_path: Path) -> None:
-    from anna_models.boosting import AggregateModel, stopping_rows, train_aggregate_model
+    from anna_models.boosting import AggregateModel, train_aggregate_model
+    from anna_models.split import stopping_rows
 
     seqs, y, clients = demo_like(3000, seed=0)
     train, test = np.arange(2000), np.arange(2000, 3000)

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from anna_models import pipeline
-from anna_models.config import RunConfig, StepContext
+from anna_models.config import RunConfig, StepContext, TrainParams
+from anna_models.split import stopping_rows
 
 CLIENTS = 400
 
@@ -85,15 +86,23 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
         split.loc[split.part == "test", "report_date"].min()
         > split.loc[split.part == "train", "report_date"].max()
     )
-    # Encoders saw train rows only (valid for early stopping), the blender valid rows only.
+    # Encoders saw train rows only: they fit on most train clients and stop early on the others (the same
+    # rows for every model), so no model stopped on, or was chosen on, the valid rows the blender is fit on.
     assert [sorted(args[0]) for args, _ in trainer.calls] == [[d] for d in ctx.config.domains] + [
         sorted(ctx.config.domains)
     ]
+    train_rows = split[split.part == "train"]
+    stop = stopping_rows(train_rows["client_id"].to_numpy(), TrainParams().stopping_share, ctx.config.seed)
+    assert 0 < stop.sum() < len(stop)
     for args, _ in trainer.calls:
-        train_seqs, y_train, valid_seqs, _ = args
-        assert {s.n_rows for s in train_seqs.values()} == {counts["train"]}
-        assert {s.n_rows for s in valid_seqs.values()} == {counts["valid"]}
-        np.testing.assert_array_equal(y_train, split.loc[split.part == "train", "y"].to_numpy())
+        fit_seqs, y_fit, stop_seqs, y_stop = args
+        assert {s.n_rows for s in fit_seqs.values()} == {(~stop).sum()}
+        assert {s.n_rows for s in stop_seqs.values()} == {stop.sum()}
+        np.testing.assert_array_equal(y_fit, train_rows["y"].to_numpy()[~stop])
+        np.testing.assert_array_equal(y_stop, train_rows["y"].to_numpy()[stop])
+    for name in [*ctx.config.domains, "fusion"]:
+        trials = json.loads((ctx.run_dir / "models" / name / "trials.json").read_text())
+        assert trials["stopping"] == {"on": "train", "rows": int(stop.sum()), "share": 0.15}
     assert [len(args[3]) for args, _ in blend_fit.calls] == [counts["valid"]]
     # LightGBM on the aggregates fits train rows only (it stops early on some of them, not on valid).
     assert [len(args[1]) for args, _ in booster.calls] == [counts["train"]]

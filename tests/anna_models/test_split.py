@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from anna_models.split import split_sample
+from anna_models.split import MIN_STOPPING_ROWS, can_stop_on, split_sample, stopping_rows
 
 
 def quarterly_sample(clients: int = 3000, seed: int = 0) -> pd.DataFrame:
@@ -49,3 +49,19 @@ def test_enough_months_before_the_test_months_validate_out_of_time() -> None:
     assert last_valid < sample.loc[parts == "test", "report_date"].min()
     first_valid = sample.loc[parts == "valid", "report_date"].min()
     assert sample.loc[parts == "train", "report_date"].max() < first_valid
+
+
+def test_stopping_rows_take_whole_clients_and_too_few_rows_stop_on_valid() -> None:
+    client_id = np.repeat(np.arange(1000), 3)  # three report dates per client
+    stop = stopping_rows(client_id, 0.15, seed=0)
+    per_client = pd.Series(stop).groupby(client_id).nunique()
+    assert (per_client == 1).all()  # a client's rows sit on one side only
+    assert 0.12 < stop.mean() < 0.18
+    assert not np.array_equal(stop, stopping_rows(client_id, 0.15, seed=1))
+
+    y = np.tile([0, 1, 0], 1000)
+    assert can_stop_on(stop, y, "binary")
+    few = stopping_rows(client_id[:30], 0.15, seed=0)  # 10 clients: a handful of stopping rows
+    assert few.sum() < MIN_STOPPING_ROWS and not can_stop_on(few, y[:30], "binary")
+    assert not can_stop_on(stop, np.where(stop, 0, y), "binary")  # one class only: nothing to stop on
+    assert can_stop_on(stop, np.where(stop, 0.0, y), "regression")
