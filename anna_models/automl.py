@@ -15,6 +15,8 @@ pruning check in the time left (estimated from the finished trials' seconds per 
 The trial with the best valid metric is chosen, but another trial replaces the given params only when it
 beats them by more than their own spread over their last epochs (``NOISE_EPOCHS``): with a valid set of
 a few thousand rows, the best of ten trials on it is otherwise partly the luckiest, not the best on test.
+"Valid" here is whatever rows the caller passes as valid: the pipeline passes the encoder's stopping rows
+(a client-grouped share of the train rows, ``anna_models.split.stopping_rows``), not the run's valid part.
 """
 
 from __future__ import annotations

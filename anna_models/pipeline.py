@@ -142,7 +142,8 @@ def _targets(ctx: StepContext, split: pd.DataFrame | None = None) -> dict[str, n
 @idempotent
 def train(ctx: StepContext, domain: str) -> dict:
     """Search the domain encoder (anna_models.automl: trials on train rows, early stopping and choice on
-    valid); save the chosen model, models/<domain>/trials.json, and predictions for valid and test rows."""
+    the stopping rows, ``_stopping_split``); save the chosen model, models/<domain>/trials.json, and
+    predictions for valid and test rows."""
     from anna_models.automl import candidates, search
 
     cfg = ctx.config
@@ -219,8 +220,8 @@ def train_fusion(ctx: StepContext) -> dict:
     client's traits a score reflects, and counts a trait twice when two domains show it; the fusion
     model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo). When
     the registry holds pretrained encoders of the domains, a trial started from them, frozen, comes first
-    and the scratch one second (``automl.fusion_candidates``); the better on valid is kept, as a domain's
-    search keeps its best.
+    and the scratch one second (``automl.fusion_candidates``); the better on the stopping rows is kept, as
+    a domain's search keeps its best.
     """
     from anna_models.automl import fusion_candidates, search
 

@@ -260,6 +260,12 @@ def measure_scoring(result: dict[str, Any], threads: int) -> dict[str, float]:
     return {"rows": len(frame), "seconds": round(seconds, 3), "clients_per_s": len(frame) / seconds}
 
 
+def stopped_on(entry: dict[str, Any]) -> str:
+    """Where a model's trials were compared: "valid" or "N stopping rows" (report.json's ``stopping``)."""
+    stopping = entry.get("stopping") or {"on": "valid"}
+    return "valid" if stopping["on"] == "valid" else f"{stopping['rows']:,} stopping rows"
+
+
 def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) -> tuple[str, dict[str, Any]]:
     """Markdown table and JSON results: per domain and blended metrics, oracle, timings, throughput."""
     report, metric = result["report"], result["config"].metric
@@ -322,7 +328,7 @@ def summarise(result: dict[str, Any], sample: str, throughput: dict[str, dict]) 
             f"{d} {v['seconds']:.0f} s" for d, v in result["pretrained"].items())
            if result["pretrained"] else "; no pretrained encoders registered"),
         "",
-        *([f"Fusion model's trials (valid {metric}): " + "; ".join(
+        *([f"Fusion model's trials ({metric} on {stopped_on(report.get('fusion', {}))}): " + "; ".join(
             f"{t['init']} {t['best_valid_metric']:.4f}{' (chosen)' if t.get('chosen') else ''}"
             for t in fusion_trials), ""] if len(fusion_trials) > 1 else []),
         f"Split: {report['split']['kind']}, rows "
