@@ -59,6 +59,7 @@ bench: bench-install
 	$(BENCH_VENV)/bin/python bench/extraction.py
 	$(BENCH_VENV)/bin/python bench/train_demo.py
 	$(BENCH_VENV)/bin/python bench/train_demo.py --pretrain-epochs 12
+	$(BENCH_VENV)/bin/python bench/train_demo.py --clients 100000 --no-throughput
 	$(BENCH_VENV)/bin/python bench/throughput.py
 	$(BENCH_VENV)/bin/python bench/pretrain.py
 	$(BENCH_VENV)/bin/python bench/oracle_gap.py

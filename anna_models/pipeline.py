@@ -144,7 +144,8 @@ def train(ctx: StepContext, domain: str) -> dict:
     """Search the domain encoder (anna_models.automl: trials on train rows, early stopping and choice on
     the stopping rows, ``_stopping_split``); save the chosen model, models/<domain>/trials.json, and
     predictions for valid and test rows."""
-    from anna_models.automl import candidates, search
+    from anna_models.automl import search
+    from anna_models.search_space import candidates
 
     cfg = ctx.config
     seqs, manifest = _load_extracts(ctx, domain)
@@ -192,9 +193,9 @@ def _stopping_split(split: pd.DataFrame, train: dict[str, Any], y_train: np.ndar
 def _pretrained(ctx: StepContext, split: pd.DataFrame, domain: str, manifest: dict,
                 report: Callable[..., None]) -> Any:
     """The registry's pretrained encoder of ``domain`` that fits its mart, or None
-    (``automl.find_pretrained_encoder``): pretrained only on events before every report date of the
+    (``search_space.find_pretrained_encoder``): pretrained only on events before every report date of the
     sample, so no row sees its own future through the starting weights."""
-    from anna_models.automl import find_pretrained_encoder
+    from anna_models.search_space import find_pretrained_encoder
 
     earliest = str(split["report_date"].min().date())
     return find_pretrained_encoder(ctx.config.tracking_uri, domain, manifest=manifest,
@@ -220,10 +221,11 @@ def train_fusion(ctx: StepContext) -> dict:
     client's traits a score reflects, and counts a trait twice when two domains show it; the fusion
     model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo). When
     the registry holds pretrained encoders of the domains, a trial started from them, frozen, comes first
-    and the scratch one second (``automl.fusion_candidates``); the better on the stopping rows is kept, as
+    and the scratch one second (``search_space.fusion_candidates``); the better on the stopping rows is kept, as
     a domain's search keeps its best.
     """
-    from anna_models.automl import fusion_candidates, search
+    from anna_models.automl import search
+    from anna_models.search_space import fusion_candidates
 
     cfg = ctx.config
     if FUSION not in model_names(cfg.domains):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anna_models import automl
+from anna_models import automl, search_space
 from anna_models.config import RunConfig, StepContext, TrainParams
 
 GOOD = [0.70, 0.75, 0.78, 0.80]
@@ -55,7 +55,7 @@ def run_search(trainer: FakeTrainer, clock: Clock, *, metric: str = "roc_auc", s
                pretrained: Any = None, **params: Any) -> automl.SearchResult:
     given = TrainParams(**{"max_epochs": 4, "search_budget_s": 1000.0, **params})
     # Without a pretrained encoder, search's own default queue (the space in a seeded order).
-    queue = None if pretrained is None else automl.candidates(given, seed=seed, pretrained=pretrained)
+    queue = None if pretrained is None else search_space.candidates(given, seed=seed, pretrained=pretrained)
     return automl.search({"cards": None}, np.zeros(4), {"cards": None}, np.zeros(4), task_type="binary",
                          metric=metric, classes=[0, 1], manifests={"cards": {}}, params=given, seed=seed,
                          queue=queue, trainer=trainer, clock=clock)
@@ -66,7 +66,7 @@ def test_search_prunes_bad_trials_and_chooses_the_best_valid_one() -> None:
     trainer = FakeTrainer(clock, {"gru": GOOD, "lstm": BAD, "transformer": BEST})
     result = run_search(trainer, clock)
 
-    assert len(result.trials) == 1 + len(automl.SEARCH_SPACE) - 1  # the given GRU 64 is in the space once
+    assert len(result.trials) == 1 + len(search_space.SEARCH_SPACE) - 1  # the given GRU 64 is in the space once
     assert {t.params.architecture for t in result.trials} == {"gru", "lstm", "transformer"}
     for trial in result.trials:
         if trial.params.architecture == "lstm":
@@ -119,7 +119,7 @@ def test_the_budget_stops_the_search_within_one_epoch_and_skips_what_cannot_fit(
     trainer = FakeTrainer(clock, same, epoch_s=10.0)
     result = run_search(trainer, clock, max_epochs=6, search_budget_s=5.0)
     assert [(t.state, t.epochs) for t in result.trials] == [("completed", 6)]
-    assert len(result.skipped) == len(automl.SEARCH_SPACE) - 1
+    assert len(result.skipped) == len(search_space.SEARCH_SPACE) - 1
 
 
 def test_a_frozen_candidate_is_judged_by_its_forward_only_cost_when_the_budget_is_short() -> None:
@@ -128,11 +128,11 @@ def test_a_frozen_candidate_is_judged_by_its_forward_only_cost_when_the_budget_i
     clock = Clock()
     trainer = FakeTrainer(clock, {"gru": [*GOOD, 0.81, 0.82]}, epoch_s=10.0)
     given = TrainParams(max_epochs=6, search_budget_s=75.0)
-    frozen = automl.Candidate(replace(given, freeze_encoder=True), init="encoder (frozen)", weights={})
-    whole = automl.Candidate(given, init="encoder", weights={})
+    frozen = search_space.Candidate(replace(given, freeze_encoder=True), init="encoder (frozen)", weights={})
+    whole = search_space.Candidate(given, init="encoder", weights={})
     result = automl.search({"cards": None}, np.zeros(4), {"cards": None}, np.zeros(4), task_type="binary",
                            metric="roc_auc", classes=[0, 1], manifests={"cards": {}}, params=given,
-                           queue=[automl.Candidate(given), whole, frozen], trainer=trainer, clock=clock)
+                           queue=[search_space.Candidate(given), whole, frozen], trainer=trainer, clock=clock)
 
     # 60 s for the given params leaves 15 s: two whole epochs (20 s) do not fit, two frozen ones (8 s) do.
     assert [t.init for t in result.trials] == ["scratch", "encoder (frozen)"]
@@ -190,14 +190,14 @@ def test_a_missing_pretrain_module_or_a_failing_registry_means_no_pretrained_can
 
     messages: list[str] = []
     monkeypatch.setitem(sys.modules, "anna_models.pretrain", None)  # import fails
-    assert automl.find_pretrained_encoder("sqlite:///x.db", "cards", manifest={"version": "v1"},
+    assert search_space.find_pretrained_encoder("sqlite:///x.db", "cards", manifest={"version": "v1"},
                                           earliest_report_date="2025-01-01") is None
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("registry down")
 
     monkeypatch.setitem(sys.modules, "anna_models.pretrain", types.SimpleNamespace(find_pretrained=broken))
-    found = automl.find_pretrained_encoder("http://mlflow:5000", "cards", manifest={"version": "v1"},
+    found = search_space.find_pretrained_encoder("http://mlflow:5000", "cards", manifest={"version": "v1"},
                                            earliest_report_date="2025-01-01",
                                            progress=lambda **f: messages.append(f["message"]))
     assert found is None and "registry down" in messages[0]
@@ -224,7 +224,7 @@ def test_pipeline_searches_and_the_chosen_model_is_what_report_mlflow_and_scorin
     from anna_models import pipeline
 
     # A small space keeps the test quick; the architectures are what matter here.
-    monkeypatch.setattr(automl, "SEARCH_SPACE", [("transformer", 16, 1), ("lstm", 16, 1)])
+    monkeypatch.setattr(search_space, "SEARCH_SPACE", [("transformer", 16, 1), ("lstm", 16, 1)])
     versions = json.loads((demo / "versions.json").read_text())
     domain = sorted(versions)[0]
     events: list = []
@@ -287,7 +287,7 @@ def test_a_registered_pretrained_encoder_is_tried_fine_tuned_and_frozen(
     from anna_models.coles import ColesParams
     from anna_models.pretrain import log_encoder, pretrain_domain
 
-    monkeypatch.setattr(automl, "SEARCH_SPACE", [])  # only the run's params and the pretrained encoder
+    monkeypatch.setattr(search_space, "SEARCH_SPACE", [])  # only the run's params and the pretrained encoder
     versions = json.loads((demo / "versions.json").read_text())
     domain = sorted(versions)[0]
     earliest = str(pd.read_parquet(demo / "sample.parquet")["report_date"].min().date())
@@ -349,7 +349,7 @@ def test_fusion_starts_from_the_domains_pretrained_encoders_frozen_renumbered_to
     domains = ["account", "cards", "credit", "other"]
     pretrained = {"account": None, "cards": _encoder("cards"), "credit": _encoder("credit", max_len=128),
                   "other": _encoder("other", architecture="lstm", hidden=32)}
-    frozen, given = automl.fusion_candidates(params, domains, pretrained)
+    frozen, given = search_space.fusion_candidates(params, domains, pretrained)
     assert (given.params, given.weights, given.init) == (params, None, "scratch")
     # GRU 64 is the shape of two encoders (a GRU's weights do not depend on max_len); "other" is an LSTM
     # 32, so it trains from scratch in GRU 64, as does "account", which has no encoder.
@@ -361,7 +361,7 @@ def test_fusion_starts_from_the_domains_pretrained_encoders_frozen_renumbered_to
         "events.2.embeddings.0.weight": "credit events", "sequences.2.rnn.weight_hh_l0": "credit rnn"}
     assert frozen.init == "pretrained-cards v1, pretrained-credit v1 (frozen)"
     assert frozen.frozen_share == 0.5  # two of the four domains' encoders
-    assert automl.fusion_candidates(params, domains, {"account": None}) == [automl.Candidate(params)]
+    assert search_space.fusion_candidates(params, domains, {"account": None}) == [search_space.Candidate(params)]
 
 
 def test_a_model_freezing_only_some_domains_is_costed_by_that_share_when_the_budget_is_short() -> None:
@@ -373,7 +373,7 @@ def test_a_model_freezing_only_some_domains_is_costed_by_that_share_when_the_bud
     for share in (1.0, 0.5):
         clock = Clock()
         trainer = FakeTrainer(clock, {"gru": GOOD}, epoch_s=10.0)
-        queue = [automl.Candidate(given), automl.Candidate(frozen, init="enc (frozen)", weights={},
+        queue = [search_space.Candidate(given), search_space.Candidate(frozen, init="enc (frozen)", weights={},
                                                            frozen_share=share)]
         result = automl.search({"a": None, "b": None}, np.zeros(4), {"a": None, "b": None}, np.zeros(4),
                                task_type="binary", metric="roc_auc", classes=[0, 1],
@@ -386,7 +386,7 @@ def test_a_model_freezing_only_some_domains_is_costed_by_that_share_when_the_bud
 
 
 def test_a_given_queue_replaces_the_search_space_and_budget_zero_still_trains_only_the_given_params() -> None:
-    queue = automl.fusion_candidates(TrainParams(hidden=32), ["cards", "credit"],
+    queue = search_space.fusion_candidates(TrainParams(hidden=32), ["cards", "credit"],
                                      {"cards": _encoder("cards"), "credit": _encoder("credit")})
     frozen, scratch = (64, True, True), (32, False, False)  # (hidden, frozen, started from weights)
     for budget, calls in ((1000.0, [frozen, scratch]), (0.0, [scratch])):
@@ -406,7 +406,7 @@ def test_the_fusion_model_trains_its_frozen_pretrained_start_even_when_the_scrat
     # From scratch, 4 epochs take 40 s, past the 30 s budget; the frozen start (0.4 of the cost) takes 16 s
     # and is trained first, so it exists however slow the scratch trial is, which then does not fit.
     params = TrainParams(max_epochs=4, search_budget_s=30.0)
-    queue = automl.fusion_candidates(params, ["cards", "credit"],
+    queue = search_space.fusion_candidates(params, ["cards", "credit"],
                                      {"cards": _encoder("cards"), "credit": _encoder("credit")})
     clock = Clock()
     trainer = FakeTrainer(clock, {"gru": GOOD}, epoch_s=10.0)
@@ -469,13 +469,13 @@ def test_a_scratch_trial_is_not_pruned_for_trailing_a_pretrained_start_early() -
     # The frozen pretrained start leads after two epochs (0.79 against 0.60) by its head start; the scratch
     # trial is judged only against other scratch trials, so it trains on, ends ahead and is chosen.
     params = TrainParams(max_epochs=4, search_budget_s=1000.0)
-    frozen = automl.Candidate(replace(params, architecture="lstm", freeze_encoder=True), init="enc (frozen)",
+    frozen = search_space.Candidate(replace(params, architecture="lstm", freeze_encoder=True), init="enc (frozen)",
                               weights={})
     clock = Clock()
     trainer = FakeTrainer(clock, {"lstm": BEST, "gru": [0.50, 0.60, 0.80, 0.85]})
     result = automl.search({"cards": None}, np.zeros(4), {"cards": None}, np.zeros(4), task_type="binary",
                            metric="roc_auc", classes=[0, 1], manifests={"cards": {}}, params=params,
-                           queue=[frozen, automl.Candidate(params)], trainer=trainer, clock=clock)
+                           queue=[frozen, search_space.Candidate(params)], trainer=trainer, clock=clock)
     assert [(t.init, t.state, t.epochs) for t in result.trials] == [
         ("enc (frozen)", "completed", 4), ("scratch", "completed", 4)]
     assert result.chosen == 1

@@ -177,7 +177,7 @@ def test_a_frozen_encoder_stays_pretrained_while_the_head_learns(pretrained, mar
 
 
 def test_in_the_fusion_model_only_the_pretrained_domains_stay_frozen(pretrained, mart_path: Path) -> None:
-    from anna_models.automl import fusion_candidates
+    from anna_models.search_space import fusion_candidates
     from anna_models.encoders import DomainModel
 
     encoder, _ = pretrained
