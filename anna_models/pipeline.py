@@ -221,8 +221,8 @@ def train_fusion(ctx: StepContext) -> dict:
     client's traits a score reflects, and counts a trait twice when two domains show it; the fusion
     model learns the domains' joint evidence instead (it lifts test ROC-AUC ~0.03 on the demo). When
     the registry holds pretrained encoders of the domains, a trial started from them, frozen, comes first
-    and the scratch one second (``search_space.fusion_candidates``); the better on the stopping rows is kept, as
-    a domain's search keeps its best.
+    and the scratch one second (``search_space.fusion_candidates``); the better on the stopping rows is
+    kept, as a domain's search keeps its best.
     """
     from anna_models.automl import search
     from anna_models.search_space import fusion_candidates

@@ -11,8 +11,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import nullcontext
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +18,7 @@ from torch.nn import functional as F
 
 from anna_models.batching import Batch, EventTable, plan_batches
 from anna_models.config import TrainParams
+from anna_models.devices import autocast, data_placement, resolve_device, use_threads
 from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig
 from anna_models.metrics import compute_metric, is_better
 from anna_models.sequences import TIME_FEATURES, Sequences
@@ -35,46 +34,6 @@ PREDICT_BATCH = 4096
 PREDICT_TOKENS_PER_THREAD = 24576
 # A GPU runs each time step in parallel across a batch's rows: wider batches, fewer sequential steps.
 PREDICT_BATCH_CUDA = 4096
-# Event tables may take at most this share of the GPU's free memory; larger ones stay on the host and
-# batches travel in pinned memory instead.
-DEVICE_TABLE_SHARE = 0.5
-
-
-def use_threads(threads: int) -> None:
-    """Run this process's torch work on ``threads`` threads (domains train in parallel processes).
-
-    Intra-op threads split each operation; inter-op threads would run independent operations side by
-    side, which eager training never asks for, so one is enough and leaves the cores to the other
-    domains' processes. PyTorch fixes the inter-op pool at its first parallel work; later calls keep it.
-    """
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already started (e.g. a second model in the same process): the pool it has stays
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` means CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA (no loss scaler needed); CPU stays in float32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def data_placement(device: torch.device, table_bytes: int, free_bytes: int) -> str:
-    """Where batches come from: ``host`` (CPU training), ``device`` (event tables copied to the GPU once,
-    batches gathered there) or ``pinned`` (tables too large for the GPU: gathered on the host into
-    page-locked memory and copied asynchronously)."""
-    if device.type != "cuda":
-        return "host"
-    return "device" if table_bytes <= DEVICE_TABLE_SHARE * free_bytes else "pinned"
 
 
 def to_scores(task_type: str, outputs: np.ndarray) -> np.ndarray:
@@ -262,7 +221,7 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
             rows, batches = next(source)
             data_seconds += time.perf_counter() - fetched
             events += int(tables.lengths[rows].sum())
-            with _autocast(dev):
+            with autocast(dev):
                 outputs, _ = model(batches)
             loss = _loss(config, outputs, target[torch.from_numpy(rows).to(dev, non_blocking=True)])
             optimizer.zero_grad(set_to_none=True)
@@ -323,7 +282,7 @@ def predict(model: DomainModel, seqs: Sequences | Mapping[str, Sequences], *, ba
     plan = plan_batches(tables.lengths, batch_size=batch_size, max_tokens=tokens)
 
     def run(rows: np.ndarray, batches: dict[str, Batch]) -> None:
-        with torch.inference_mode(), _autocast(dev):
+        with torch.inference_mode(), autocast(dev):
             out, emb = model(batches)
             index = torch.from_numpy(rows).to(dev, non_blocking=True)
             outputs_t[index] = out.float()

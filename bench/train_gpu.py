@@ -63,7 +63,8 @@ def loader_seconds(seqs: Any, params: TrainParams, device: str, seed: int) -> fl
     import torch
 
     from anna_models.batching import plan_batches
-    from anna_models.training import _Tables, model_config, resolve_device
+    from anna_models.devices import resolve_device
+    from anna_models.training import _Tables, model_config
 
     dev = resolve_device(device)
     config = model_config({"d": seqs}, {}, params, task_type="binary", classes=[0, 1], y_train=np.zeros(1))

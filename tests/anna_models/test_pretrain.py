@@ -177,8 +177,8 @@ def test_a_frozen_encoder_stays_pretrained_while_the_head_learns(pretrained, mar
 
 
 def test_in_the_fusion_model_only_the_pretrained_domains_stay_frozen(pretrained, mart_path: Path) -> None:
-    from anna_models.search_space import fusion_candidates
     from anna_models.encoders import DomainModel
+    from anna_models.search_space import fusion_candidates
 
     encoder, _ = pretrained
     mart, seqs, y = _labelled(mart_path)

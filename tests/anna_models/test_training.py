@@ -8,12 +8,11 @@ import torch
 
 from anna_models.batching import EventTable
 from anna_models.config import TrainParams
+from anna_models.devices import autocast, data_placement
 from anna_models.encoders import DomainModel, EncoderConfig, SequenceEncoder
 from anna_models.metrics import compute_metric
 from anna_models.sequences import Sequences
 from anna_models.training import (
-    _autocast,
-    data_placement,
     model_config,
     predict,
     to_scores,
@@ -170,7 +169,7 @@ def test_predictions_do_not_depend_on_batch_size_and_the_model_stays_where_it_wa
 
 def test_cpu_runs_in_float32_from_host_memory_and_a_gpu_gets_its_tables_when_they_fit() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    with _autocast(cpu):
+    with autocast(cpu):
         assert not torch.is_autocast_enabled("cpu")
     assert data_placement(cpu, table_bytes=10, free_bytes=10**12) == "host"
     assert data_placement(gpu, table_bytes=10**9, free_bytes=80 * 10**9) == "device"
