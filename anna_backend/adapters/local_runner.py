@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from anna_backend.adapters.artifacts import tail
 from anna_backend.domain.errors import Conflict
@@ -84,7 +83,6 @@ class _Driver:
     attempt: int
     process: subprocess.Popen[bytes]
     log_path: Path
-    log_file: IO[bytes]
 
 
 class LocalRunner(Runner):
@@ -108,20 +106,17 @@ class LocalRunner(Runner):
         run_dir = self.settings.runs_dir / str(run.id)
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / "driver.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the driver
-        log_file.write(f"--- attempt {run.attempt} ---\n".encode())
-        log_file.flush()
         command = [self.python, "-m", DRIVER_MODULE, "--run-id", str(run.id), "--attempt", str(run.attempt)]
-        try:
+        # The driver writes to its own copy of the descriptor: this process keeps none open per run.
+        with open(log_path, "ab") as log_file:
+            log_file.write(f"--- attempt {run.attempt} ---\n".encode())
+            log_file.flush()
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=run_dir,
                 env=self._env(), start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
             )
-        except BaseException:
-            log_file.close()
-            raise
         with self._lock:
-            self._drivers[run.id] = _Driver(run.id, run.attempt, process, log_path, log_file)
+            self._drivers[run.id] = _Driver(run.id, run.attempt, process, log_path)
         log.info("run %s: driver started (pid %s), log %s", run.id, process.pid, log_path)
         return process.pid
 
@@ -132,7 +127,6 @@ class LocalRunner(Runner):
                 code = driver.process.poll()
                 if code is None:
                     continue
-                driver.log_file.close()
                 del self._drivers[run_id]
                 ended.append(DriverExit(run_id=run_id, attempt=driver.attempt, returncode=code,
                                         log_tail=tail(driver.log_path, lines=30)))

@@ -58,6 +58,17 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def open_files() -> set[str]:
+    """The paths this process holds open."""
+    paths = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed since listdir
+            pass
+    return paths
+
+
 def test_a_run_goes_through_driver_and_domain_processes(local: Wiring) -> None:
     backend = local.backend
     [run_id] = seed_runs(backend, 1, domains=DOMAINS)
@@ -119,6 +130,10 @@ def test_cancel_kills_the_driver_and_its_domain_processes(
     workers = [int((pids / f"train.{d}.pid").read_text()) for d in DOMAINS]
     driver = run_of(backend, run_id).pid
     assert driver is not None and alive(driver) and all(alive(p) for p in workers)
+    # `anna serve` runs for months: a running driver's log holds no descriptor in the server.
+    log_path = (backend.settings.runs_dir / str(run_id) / "driver.log").resolve()
+    assert "--- attempt 1 ---" in log_path.read_text()
+    assert str(log_path) not in open_files()
 
     with backend.uow() as uow:
         user = uow.users.get_by_username("alice")
