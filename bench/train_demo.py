@@ -360,7 +360,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
+    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
+                        help="demo size; another size than the default writes a section of its own "
+                             "(e.g. train_demo_default_12m_100k)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=3)
