@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from anna_models.config import TrainParams
-from anna_models.metrics import HIGHER_IS_BETTER, is_better
+from anna_models.metrics import beats, is_better
 from anna_models.search_space import Candidate, candidates
 
 PRUNE_AFTER_EPOCH = 2  # epoch 1 mostly reflects the warm-up, not the architecture
@@ -115,11 +115,6 @@ def spread(curve: list[float | None]) -> float:
     """Standard deviation of a trial's valid metric over its last ``NOISE_EPOCHS`` epochs (0 if fewer)."""
     values = [v for v in curve[-NOISE_EPOCHS:] if v is not None and not np.isnan(v)]
     return float(np.std(values)) if len(values) >= 2 else 0.0
-
-
-def beats(metric: str, value: float, incumbent: float | None, margin: float) -> bool:
-    """Whether ``value`` improves on ``incumbent`` by more than ``margin`` in the metric's direction."""
-    return is_better(metric, value - margin if HIGHER_IS_BETTER[metric] else value + margin, incumbent)
 
 
 def should_prune(metric: str, curve: list[float | None], earlier: list[Trial],

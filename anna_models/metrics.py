@@ -86,6 +86,11 @@ def is_better(metric: str, new: float, best: float | None) -> bool:
     return new > best if HIGHER_IS_BETTER[metric] else new < best
 
 
+def beats(metric: str, value: float, incumbent: float | None, margin: float) -> bool:
+    """Whether ``value`` improves on ``incumbent`` by more than ``margin`` in the metric's direction."""
+    return is_better(metric, value - margin if HIGHER_IS_BETTER[metric] else value + margin, incumbent)
+
+
 def _downsample(*columns: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[list[float]]:
     """Keep at most ``limit`` evenly spaced points, always including both ends."""
     n = len(columns[0])

@@ -88,12 +88,15 @@ def test_the_best_single_model_is_kept_when_the_blend_cross_validates_worse(
 ) -> None:
     outputs, present, truth, u = two_domains(2000, seed=3)
     y = (u < 1 / (1 + np.exp(-truth))).astype(int)
-    scores = {("card", "credit"): 0.70, ("card",): 0.72, ("credit",): 0.65}  # as if the blend overfit
+    wobble = np.array([0.01, -0.01, 0.005, -0.005, 0.0])  # the folds differ, the lead does not
+    scores = {("card", "credit"): 0.70 + wobble, ("card",): 0.72 + wobble + wobble / 10,
+              ("credit",): 0.65 + wobble}  # as if the blend overfit
     monkeypatch.setattr(Blender, "_cross_validate",
                         lambda self, o, p, y, folds, names, metric: scores[tuple(names)])
     blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="roc_auc")
     assert blender.choice["kind"] == "single" and blender.inputs == ["card"]
-    assert blender.choice["cv"] == {"blend": 0.70, "card": 0.72, "credit": 0.65}
+    assert blender.choice["cv"] == pytest.approx({"blend": 0.70, "card": 0.72, "credit": 0.65})
+    assert 0 < blender.choice["margin"] < 0.002  # two standard errors of card's lead over the folds
     p = blender.predict(outputs, present)
     noise = {**outputs, "credit": np.random.default_rng(0).normal(size=2000)}
     np.testing.assert_array_equal(blender.predict(noise, present), p)  # the other model is not read
@@ -103,7 +106,7 @@ def test_the_best_single_model_is_kept_when_the_blend_cross_validates_worse(
     np.testing.assert_array_equal(Blender.load(tmp_path / "b.json").predict(outputs, present), p)
 
     # Lower-is-better metrics choose the smallest score.
-    losses = {("card", "credit"): 0.50, ("card",): 0.52, ("credit",): 0.49}
+    losses = {("card", "credit"): 0.50 + wobble, ("card",): 0.52 + wobble, ("credit",): 0.49 + wobble}
     monkeypatch.setattr(Blender, "_cross_validate",
                         lambda self, o, p, y, folds, names, metric: losses[tuple(names)])
     blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="log_loss")
@@ -155,3 +158,25 @@ def test_the_domain_models_are_not_blended_when_the_fusion_model_beats_each_on_v
     assert blend_inputs("binary", "roc_auc", names, outputs, y) == names
     # Without a fusion model (one domain) there is nothing to leave out.
     assert blend_inputs("binary", "roc_auc", ["card", "lightgbm"], outputs, y) == ["card", "lightgbm"]
+
+
+def test_a_single_model_whose_lead_is_within_the_folds_noise_leaves_the_blend(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blend holds each model alone as a special case: a single model must beat it by more than twice
+    the standard error of their per-fold difference to replace it."""
+    outputs, present, truth, u = two_domains(2000, seed=4)
+    y = (u < 1 / (1 + np.exp(-truth))).astype(int)
+    blend = np.array([0.760, 0.770, 0.765, 0.758, 0.772])
+    lead = np.array([0.003, -0.002, 0.002, 0.001, -0.0005])  # +0.0007 on average, a standard error of 0.001
+    scores = {("card", "credit"): blend, ("card",): blend + lead, ("credit",): blend - 0.05}
+    monkeypatch.setattr(Blender, "_cross_validate",
+                        lambda self, o, p, y, folds, names, metric: scores[tuple(names)])
+    blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="roc_auc")
+    assert blender.choice["cv"]["card"] > blender.choice["cv"]["blend"]
+    assert blender.choice["kind"] == "blend" and blender.inputs == ["card", "credit"]
+    assert blender.choice["margin"] == pytest.approx(2 * lead.std(ddof=1) / np.sqrt(5))
+
+    scores[("card",)] = blend + lead + 0.004  # the same spread, a lead of 0.0047: beyond the noise
+    blender = Blender("binary", ["card", "credit"]).fit(outputs, present, y, metric="roc_auc")
+    assert blender.choice["kind"] == "single" and blender.inputs == ["card"]
