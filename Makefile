@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export ANNA_DATA_DIR ?= $(CURDIR)/data
-DEMO_CLIENTS ?= 20000
+DEMO_CLIENTS ?=  # empty: anna demo-data's default (anna_models.config.DEMO_CLIENTS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo-data: install
 	@test -f $(ANNA_DATA_DIR)/marts/credit_history/manifest.json || \
-		$(BIN)/anna demo-data --clients $(DEMO_CLIENTS) --seed 0 --data-dir $(ANNA_DATA_DIR)
+		$(BIN)/anna demo-data $(if $(DEMO_CLIENTS),--clients $(DEMO_CLIENTS)) --seed 0 --data-dir $(ANNA_DATA_DIR)
 
 run: demo-data
 	$(BIN)/anna serve --host $(HOST) --port $(PORT)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_demo import TASKS, ensure_demo, pretrain_worker  # noqa: E402
 
 from anna_models import pipeline  # noqa: E402
-from anna_models.config import DEFAULT_METRIC, RunConfig, StepContext  # noqa: E402
+from anna_models.config import DEFAULT_METRIC, DEMO_CLIENTS, RunConfig, StepContext  # noqa: E402
 from anna_models.metrics import HIGHER_IS_BETTER, is_better  # noqa: E402
 
 MODES = ("scratch", "fine-tuned", "frozen")  # frozen: the pretrained encoder stays, embed + head learn
@@ -217,7 +217,7 @@ def summarise(targets: list[str], domains: list[str], configs: dict[str, RunConf
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=DEMO_CLIENTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=2)

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anna_models.config import TrainParams  # noqa: E402
+from anna_models.config import DEMO_CLIENTS, TrainParams  # noqa: E402
 from anna_models.sequences import TIME_FEATURES, Sequences  # noqa: E402
 
 DOMAIN = "card_transactions"
@@ -329,7 +329,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clients", type=int, default=20_000, help="demo size")
+    parser.add_argument("--clients", type=int, default=DEMO_CLIENTS, help="demo size")
     parser.add_argument("--uniform-clients", type=int, default=50_000)
     parser.add_argument("--uniform-mean-length", type=float, default=200.0)
     parser.add_argument("--epochs", type=int, default=2)

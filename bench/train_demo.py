@@ -26,11 +26,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anna_models import pipeline  # noqa: E402
-from anna_models.config import DEFAULT_METRIC, RunConfig, StepContext  # noqa: E402
+from anna_models.config import DEFAULT_METRIC, DEMO_CLIENTS, RunConfig, StepContext  # noqa: E402
 
 TASKS = {"default_12m": "binary", "product_next": "multiclass", "spend_3m": "regression"}
 GOAL_SECONDS = 600
-DEFAULT_CLIENTS = 20_000  # make demo-data's size
+DEFAULT_CLIENTS = DEMO_CLIENTS  # make demo-data's size
 
 
 def ensure_demo(data_dir: Path, clients: int, seed: int) -> dict[str, Any]:

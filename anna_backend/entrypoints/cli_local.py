@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from anna_models.config import DEMO_CLIENTS
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -58,7 +60,7 @@ PROGRESS_STEPS = 1000
 
 
 @click.command("demo-data")
-@click.option("--clients", default=20000, show_default=True, type=click.IntRange(min=1))
+@click.option("--clients", default=DEMO_CLIENTS, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--data-dir",
