@@ -30,7 +30,6 @@ from anna_models.config import DEFAULT_METRIC, DEMO_CLIENTS, RunConfig, StepCont
 
 TASKS = {"default_12m": "binary", "product_next": "multiclass", "spend_3m": "regression"}
 GOAL_SECONDS = 600
-DEFAULT_CLIENTS = DEMO_CLIENTS  # make demo-data's size
 
 
 def ensure_demo(data_dir: Path, clients: int, seed: int) -> dict[str, Any]:
@@ -360,7 +359,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
+    parser.add_argument("--clients", type=int, default=DEMO_CLIENTS,
                         help="demo size; another size than the default writes a section of its own "
                              "(e.g. train_demo_default_12m_100k)")
     parser.add_argument("--seed", type=int, default=0)
@@ -392,7 +391,7 @@ def main() -> None:
         from _report import write_result
 
         suffix = "_pretrained" if args.pretrain_epochs else ""
-        if args.clients != DEFAULT_CLIENTS:  # a larger (or smaller) demo gets a section of its own
+        if args.clients != DEMO_CLIENTS:  # a larger (or smaller) demo gets a section of its own
             suffix += f"_{args.clients // 1000}k" if args.clients % 1000 == 0 else f"_{args.clients}"
         write_result(f"train_demo_{args.sample}{suffix}", results, text)
 
