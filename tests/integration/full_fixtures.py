@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "full-mode-admin-secret"
 TINY_PARAMS: dict[str, Any] = {"default": {"hidden": 8, "max_epochs": 1, "max_len": 32, "search_budget_s": 0}}
 DEMO_CLIENTS = 600
-MAX_CONCURRENT_RUNS = 3
+MAX_CONCURRENT_RUNS = 2
 POLL_INTERVAL_S = 1.0
 RABBITMQ_URL = os.environ.get("ANNA_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
