@@ -20,7 +20,8 @@ from torch.nn import functional as F
 
 from anna_models.batching import Batch, EventTable, plan_batches
 from anna_models.config import TrainParams
-from anna_models.encoders import DomainModel, EventEncoder, ModelConfig, SequenceEncoder
+from anna_models.encoders import DomainModel, ModelConfig, SequenceEncoder
+from anna_models.event_encoder import EventEncoder
 from anna_models.sequences import Sequences
 
 ENCODER_PREFIXES = ("events.", "sequences.")

@@ -203,7 +203,7 @@ def ptls_model(data: Dataset) -> Any:
     from ptls.nn import RnnSeqEncoder, TrxEncoder
     from torch import nn
 
-    from anna_models.encoders import embedding_size
+    from anna_models.event_encoder import embedding_size
     from anna_models.training import encoder_config
 
     encoder = encoder_config(data.train, data.manifest, data.params)

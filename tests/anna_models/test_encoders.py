@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from anna_models.batching import EventTable
-from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig, embedding_size
+from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig
+from anna_models.event_encoder import embedding_size
 from anna_models.sequences import Sequences
 
 

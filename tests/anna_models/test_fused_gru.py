@@ -12,7 +12,8 @@ from torch import nn
 
 from anna_models import fused_gru
 from anna_models.batching import EventTable
-from anna_models.encoders import LOOKUP_MAX_VOCAB, DomainModel, EncoderConfig, ModelConfig
+from anna_models.encoders import DomainModel, EncoderConfig, ModelConfig
+from anna_models.event_encoder import LOOKUP_MAX_VOCAB
 from anna_models.sequences import Sequences
 
 
