@@ -91,7 +91,8 @@ def step_line(step: dict[str, Any]) -> str:
     """One compact line per pipeline step: name, state, epoch, metric, progress, message."""
     parts = [f"{step.get('name', '?'):<32}", f"{step.get('state', '?'):<9}"]
     if step.get("max_epochs"):
-        parts.append(f"epoch {step.get('epoch') or 0}/{step['max_epochs']}")
+        unit = "round" if step.get("name") == "train_lightgbm" else "epoch"  # LightGBM counts boosting rounds
+        parts.append(f"{unit} {step.get('epoch') or 0}/{step['max_epochs']}")
     if step.get("metric") is not None:
         parts.append(f"{step.get('metric_name') or 'metric'}={format_value(step['metric'])}")
     fraction = step.get("fraction")

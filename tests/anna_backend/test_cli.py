@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from anna_backend.bootstrap import Wiring
 from anna_backend.entrypoints.cli import cli
 from anna_backend.entrypoints.cli_client import CliEnv, describe_problems, save_token
-from anna_backend.entrypoints.cli_format import parse_params, table
+from anna_backend.entrypoints.cli_format import parse_params, step_line, table
 from anna_backend.service_layer import runs
 from anna_backend.settings import Settings
 
@@ -251,6 +251,16 @@ def test_train_wait_follows_the_steps_and_prints_the_metrics(
         "duration",
     ]
     assert table_lines[2].split()[:5] == ["1", "churn", "succeeded", "1", "roc_auc=0.7000"]
+
+
+def test_progress_lines_count_epochs_for_encoders_and_rounds_for_lightgbm() -> None:
+    encoder = step_line({"name": "train.cards", "state": "running", "epoch": 3, "max_epochs": 10,
+                         "metric_name": "roc_auc", "metric": 0.71234, "fraction": 0.5,
+                         "message": "trial 0: gru 64"})
+    boosting = step_line({"name": "train_lightgbm", "state": "running", "epoch": 150, "max_epochs": 3000,
+                          "metric_name": "auc", "metric": 0.8124, "fraction": 0.05})
+    assert encoder.split()[2:] == ["epoch", "3/10", "roc_auc=0.7123", "50%", "trial", "0:", "gru", "64"]
+    assert boosting.split()[2:] == ["round", "150/3000", "auc=0.8124", "5%"]
 
 
 def test_train_wait_fails_when_the_run_does_not_succeed(
