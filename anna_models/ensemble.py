@@ -118,6 +118,8 @@ def evaluate(ctx: StepContext) -> dict:
             search = json.loads(trials_path.read_text())
             entry["trials"] = [{**t, "chosen": t["number"] == search["chosen"]} for t in search["trials"]]
             entry["stopping"] = search.get("stopping", {"on": "valid"})  # the rows trials were compared on
+            entry["search"] = {"budget_s": search["budget_s"], "seconds": search["seconds"],
+                               "skipped": search.get("skipped", [])}
         for part in ("valid", "test"):
             mask = (rows["part"] == part).to_numpy()
             scores = to_scores(cfg.task_type, _scores(cfg.task_type, outputs[name][mask]))

@@ -193,7 +193,10 @@ def trials_tables(content: dict[str, Any]) -> list[str]:
         models["fusion"] = content["fusion"]
     for model, entry in models.items():
         trials = entry.get("trials") or []
+        cut = budget_note(entry.get("search") or {})
         if len(trials) < 2:
+            if cut:  # the run's params alone used the budget: say so, or the user takes it for a search
+                tables.append(f"AutoML search, {model}: only the run's params trained; {cut}")
             continue  # no search ran (budget 0): nothing to choose between
         rows = []
         for trial in trials:
@@ -210,8 +213,19 @@ def trials_tables(content: dict[str, Any]) -> list[str]:
         headers = ["trial", "encoder", "start", "state", "epochs", "seconds", f"{on} {metric}", ""]
         where = ("valid rows" if stopping["on"] == "valid" else
                  f"{stopping['rows']:,} stopping rows, {stopping['share']:.0%} of the train clients")
-        tables.append(f"AutoML trials, {model} (compared on {where})\n{table(headers, rows)}")
+        note = f"\n{cut}" if cut else ""
+        tables.append(f"AutoML trials, {model} (compared on {where})\n{table(headers, rows)}{note}")
     return tables
+
+
+def budget_note(search: dict[str, Any]) -> str:
+    """What the search's time budget left untried (report.json's ``search``), or "" if nothing."""
+    skipped = search.get("skipped") or []
+    if not skipped:
+        return ""
+    names = ", ".join(s.split(":")[0] for s in skipped)
+    return (f"{len(skipped)} candidate(s) not tried within the {search.get('budget_s', 0):.0f} s budget "
+            f"({names}); raise search_budget_s to try them")
 
 
 def print_report(run_id: int, run: dict[str, Any], content: dict[str, Any]) -> None:

@@ -42,3 +42,23 @@ def test_the_fusion_models_trials_follow_the_domains() -> None:
     assert len(tables) == 1 and tables[0].startswith("AutoML trials, fusion (compared on valid rows)")
     assert tables[0].splitlines()[-1].split()[3:6] == ["pretrained-cards", "v1", "(frozen)"]
     assert tables[0].splitlines()[-1].endswith("chosen")
+
+
+def test_the_report_says_which_candidates_the_budget_left_untried_and_what_to_raise() -> None:
+    skipped = ["transformer 64: needs ~72 s, 16 s left", "gru 128: needs ~21 s, 7 s left"]
+    report = {"metric": "roc_auc", "domains": {
+        "cards": {"trials": [trial(0, "gru", "completed", 0.77, True),
+                             trial(1, "lstm", "pruned", 0.70, False)],
+                  "search": {"budget_s": 150.0, "seconds": 143.4, "skipped": skipped}},
+        # Large data: the run's params alone took the whole budget, so no other candidate started.
+        "accounts": {"trials": [trial(0, "gru", "completed", 0.7, True)],
+                     "search": {"budget_s": 150.0, "seconds": 221.0,
+                                "skipped": ["lstm 128: needs ~90 s, 0 s left"]}},
+        "credit": {"trials": [trial(0, "gru", "completed", 0.7, True)],
+                   "search": {"budget_s": 0.0, "seconds": 12.0, "skipped": []}},  # budget 0: nothing to say
+    }}
+    cards, accounts = trials_tables(report)
+    assert cards.splitlines()[-1] == ("2 candidate(s) not tried within the 150 s budget (transformer 64, "
+                                      "gru 128); raise search_budget_s to try them")
+    assert accounts == ("AutoML search, accounts: only the run's params trained; 1 candidate(s) not tried "
+                        "within the 150 s budget (lstm 128); raise search_budget_s to try them")

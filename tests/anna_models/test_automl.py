@@ -256,6 +256,8 @@ def test_pipeline_searches_and_the_chosen_model_is_what_report_mlflow_and_scorin
     report = json.loads((ctx.run_dir / "report.json").read_text())
     listed = report["domains"][domain]["trials"]
     assert [t["chosen"] for t in listed] == [t["number"] == trials["chosen"] for t in trials["trials"]]
+    search = report["domains"][domain]["search"]  # what ``anna report`` tells about the budget
+    assert search == {"budget_s": 300, "seconds": trials["seconds"], "skipped": []}
     messages = [f.get("message", "") for s, f in events if s == f"train.{domain}"]
     assert any(m.startswith("trial 2: lstm 16") for m in messages)
     assert any(m.startswith("chose trial") for m in messages)
