@@ -98,7 +98,9 @@ def _scores(task_type: str, values: np.ndarray) -> np.ndarray:
 
 @idempotent
 def evaluate(ctx: StepContext) -> dict:
-    """Write report.json: per domain, fusion and blended metrics on valid and test, curves, the split."""
+    """Write report.json: per domain, fusion and blended metrics on valid and test, curves, the split;
+    and its plots under plots/ (``anna_models.plots``), named in the report's ``plots``."""
+    from anna_models import plots
     from anna_models.metrics import evaluation
     from anna_models.training import to_scores
 
@@ -142,6 +144,7 @@ def evaluate(ctx: StepContext) -> dict:
         report["blend"][part] = evaluation(cfg.task_type, y[mask], scores, curves=True)
     report["blender"] = json.loads((ctx.run_dir / "blend" / "blender.json").read_text())
     report["leaderboard"] = _leaderboard(report, names)
+    report["plots"] = plots.render(report, ctx.run_dir / "plots")
     write_json(ctx.run_dir / "report.json", report)
     return {"test": report["blend"]["test"]["metrics"]}
 
@@ -219,7 +222,7 @@ def _log_to_mlflow(ctx: StepContext) -> dict:
         tracking_uri=cfg.tracking_uri, experiment=cfg.task_name, run_name=f"anna-run-{cfg.run_id}",
         tags={"anna.run_id": str(cfg.run_id), "anna.task_type": cfg.task_type}, params=params,
         metrics=metrics, children=children, ensemble_dir=folder, registered_name=cfg.task_name,
-        artifacts=[ctx.run_dir / "report.json", ctx.run_dir / "split.json"],
+        artifacts=[ctx.run_dir / "report.json", ctx.run_dir / "split.json", ctx.run_dir / "plots"],
     )
     write_json(ctx.run_dir / "registered.json", registered)
     return registered

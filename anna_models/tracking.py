@@ -135,8 +135,11 @@ def log_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as parent:
         mlflow.log_params(params)
         mlflow.log_metrics(_finite(metrics))
-        for path in artifacts:
-            mlflow.log_artifact(str(path))
+        for path in artifacts:  # a folder keeps its name (plots/), a file goes to the top
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=path.name)
+            else:
+                mlflow.log_artifact(str(path))
         for child in children:
             with mlflow.start_run(
                 experiment_id=experiment_id, run_name=child["name"], nested=True, tags=tags

@@ -14,7 +14,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import ValidationError
 
@@ -209,6 +209,13 @@ def create_app(backend: Backend) -> FastAPI:
     def get_report(run_id: int, user: CurrentUser, backend: BackendDep) -> dict[str, Any]:
         """The run's report.json (409 until the run has succeeded)."""
         return runs.get_report(backend, run_id)
+
+    @app.get("/runs/{run_id}/plots/{name}", tags=["runs"], response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}}, "description": "the plot as PNG"}})
+    def get_plot(run_id: int, name: str, user: CurrentUser, backend: BackendDep) -> FileResponse:
+        """One plot of the run's report as PNG; the report's `plots` lists them (leaderboard.png,
+        learning_curves.png, and by task type roc_pr.png, lift.png, calibration.png)."""
+        return FileResponse(runs.get_plot(backend, run_id, name), media_type="image/png")
 
     @app.post("/runs/{run_id}/score", tags=["scoring"], response_model=ScorePublic,
               responses={200: {"content": {"text/csv": {}}}})

@@ -227,13 +227,27 @@ def runs(env: CliEnv, task_ref: str | None, state: str | None) -> None:
 
 @cli.command()
 @click.argument("run_id", type=int)
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also save the report's plots (PNG) into this folder.")
 @pass_env
-def report(env: CliEnv, run_id: int) -> None:
+def report(env: CliEnv, run_id: int, plots_dir: Path | None) -> None:
     """Key figures of a succeeded run: test metrics per domain and blended, lift by decile."""
     client = env.client()
     run = client.get(f"/runs/{run_id}", not_found=f"no run {run_id} — see `anna runs`")
     content = client.get(f"/runs/{run_id}/report", not_found=f"no report for run {run_id}")
     print_report(run_id, run, content)
+    names = content.get("plots") or []
+    if plots_dir is None:
+        if names:
+            click.echo(f"\nplots: {', '.join(names)} (`anna report {run_id} --plots DIR` saves them)")
+        return
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        response = client.request("GET", f"/runs/{run_id}/plots/{name}",
+                                  not_found=f"run {run_id} has no {name}")
+        (plots_dir / name).write_bytes(response.content)
+    click.echo(f"\n{len(names)} plot(s) saved to {plots_dir}: {', '.join(names)}" if names else
+               f"\nrun {run_id} has no plots (it was trained before ANNA drew them)")
 
 
 @cli.command()

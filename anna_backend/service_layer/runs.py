@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from anna_backend.domain.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
@@ -189,6 +190,18 @@ def get_report(backend: Backend, run_id: int) -> dict[str, Any]:
     if report is None:
         raise NotFound(f"run {run_id} has no report.json")
     return json_safe(report)
+
+
+def get_plot(backend: Backend, run_id: int, name: str) -> Path:
+    """A PNG file: one of the run's report plots (``anna_models.plots``), named in its ``plots``."""
+    names = get_report(backend, run_id).get("plots") or []
+    if name not in names:
+        listed = ", ".join(names) or "none (it was trained before ANNA drew plots)"
+        raise NotFound(f"run {run_id} has no plot {name!r}; its plots: {listed}")
+    path = backend.artifacts.run_dir(run_id) / "plots" / name
+    if not path.is_file():
+        raise NotFound(f"run {run_id}'s plot {name} is missing from {path.parent}")
+    return path
 
 
 def json_safe(value: Any) -> Any:

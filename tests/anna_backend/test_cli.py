@@ -21,6 +21,7 @@ from anna_backend.entrypoints.cli_client import CliEnv, describe_problems, save_
 from anna_backend.entrypoints.cli_format import parse_params, step_line, table
 from anna_backend.service_layer import runs
 from anna_backend.settings import Settings
+from anna_models.plots import render
 
 
 def invoke(*args: str, env: CliEnv | None = None) -> tuple[int, str]:
@@ -312,7 +313,7 @@ def test_score_writes_the_scores_and_prints_metrics(
 
 
 def test_report_shows_metrics_per_domain_and_lift(
-    logged_in: Callable[..., Result], sample_csv: Path, wiring: Wiring, settings: Settings
+    logged_in: Callable[..., Result], sample_csv: Path, wiring: Wiring, settings: Settings, tmp_path: Path
 ) -> None:
     wiring.dispatcher.start()
     logged_in("task", "create", "--name", "churn", "--type", "binary", "--domains", "cards")
@@ -337,6 +338,15 @@ def test_report_shows_metrics_per_domain_and_lift(
         ["blend", "blend", "0.8100", "0.8000"], ["lightgbm", "lightgbm", "0.7900", "0.7700"]]
     calibration = "calibration (blended, test): expected calibration error 0."
     assert any(line.startswith(calibration) for line in lines), result.output
+    assert lines[-1] == ("plots: leaderboard.png, learning_curves.png, roc_pr.png, lift.png, calibration.png "
+                         "(`anna report 1 --plots DIR` saves them)")
+
+    saved = logged_in("report", "1", "--plots", str(tmp_path / "plots"))
+    assert saved.exit_code == 0, saved.output
+    assert saved.output.splitlines()[-1].startswith(f"5 plot(s) saved to {tmp_path / 'plots'}: leaderboard")
+    for name in ("leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png", "calibration.png"):
+        drawn = settings.runs_dir / "1" / "plots" / name
+        assert (tmp_path / "plots" / name).read_bytes() == drawn.read_bytes()
 
 
 def write_report(path: Path) -> None:
@@ -347,7 +357,9 @@ def write_report(path: Path) -> None:
     y = rng.integers(0, 2, 100)
     p = np.clip(y * 0.3 + rng.random(100) * 0.7, 0, 1)
     domain = {"test": {**evaluation("binary", y, p), "coverage": 0.9}}
-    report = {
+    report: dict = {
+        "run_id": 1,
+        "task_name": "churn",
         "task_type": "binary",
         "metric": "roc_auc",
         "split": {"kind": "stratified_random", "parts": {"test": {"rows": 100}}},
@@ -356,5 +368,5 @@ def write_report(path: Path) -> None:
         "leaderboard": [{"rank": 1, "model": "blend", "kind": "blend", "valid": 0.81, "test": 0.80},
                         {"rank": 2, "model": "lightgbm", "kind": "lightgbm", "valid": 0.79, "test": 0.77}],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    report["plots"] = render(report, path.parent / "plots")
     path.write_text(json.dumps(report))

@@ -100,7 +100,9 @@ def test_openapi_docs_are_served(api: Api) -> None:
     assert api.client.get("/docs").status_code == 200
     paths = api.client.get("/openapi.json").json()["paths"]
     assert {"/auth/token", "/tasks/{task_ref}/samples", "/runs/{run_id}/score", "/runs/{run_id}/score-jobs",
-            "/score-jobs/{job_id}", "/score-jobs/{job_id}/result"} <= set(paths)
+            "/score-jobs/{job_id}", "/score-jobs/{job_id}/result",
+            "/runs/{run_id}/plots/{name}"} <= set(paths)
+    assert "image/png" in paths["/runs/{run_id}/plots/{name}"]["get"]["responses"]["200"]["content"]
 
 
 def test_the_server_starts_without_heavy_imports() -> None:

@@ -67,6 +67,14 @@ def test_train_watch_report_and_score_on_demo_data(real: Wiring, settings: Setti
 
         report = client.get(f"/runs/{run['id']}/report", headers=analyst)
         assert report.status_code == 200 and report.json()["run_id"] == run["id"]
+        for name in report.json()["plots"]:
+            plot = client.get(f"/runs/{run['id']}/plots/{name}", headers=analyst)
+            assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+            assert plot.content.startswith(b"\x89PNG")
+        unknown = client.get(f"/runs/{run['id']}/plots/../report.json", headers=analyst)
+        assert unknown.status_code == 404
+        unknown = client.get(f"/runs/{run['id']}/plots/roc.png", headers=analyst)
+        assert unknown.status_code == 404 and "its plots: leaderboard.png, " in unknown.json()["detail"]
 
         rows = pd.read_csv(io.BytesIO(sample_csv)).head(50)
         scored = client.post(

@@ -135,10 +135,18 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
     for domain in ctx.config.domains:
         assert report["domains"][domain]["test"]["rows"] == counts["test"]
     assert any(f.get("metric_name") == "roc_auc" for step, f in events if step.startswith("train."))
+    # The same as plots for people who would rather look: PNG files, logged to MLflow beside the report.
+    assert report["plots"] == ["leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png",
+                               "calibration.png"]
+    for name in report["plots"]:
+        image = (ctx.run_dir / "plots" / name).read_bytes()
+        assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 10_000, name
 
     # The registered model, loaded the MLflow way, scores test rows exactly as the evaluate step did.
     registered = json.loads((ctx.run_dir / "registered.json").read_text())
     assert uri == registered["model_uri"] == "models:/default-12m/1"
+    logged = mlflow.MlflowClient(ctx.config.tracking_uri).list_artifacts(registered["mlflow_run_id"], "plots")
+    assert sorted(a.path for a in logged) == sorted(f"plots/{name}" for name in report["plots"])
     test_rows = split[split.part == "test"]
     blended = pd.read_parquet(ctx.run_dir / "blend" / "predictions.parquet")
     expected = blended.loc[blended.part == "test", "score_0"].to_numpy()
@@ -235,6 +243,10 @@ def test_multiclass_and_regression_runs_score_through_the_packaged_ensemble(
         step(ctx)
     report = json.loads((ctx.run_dir / "report.json").read_text())
     assert report["metric"] == metric and metric in report["blend"]["test"]["metrics"]
+    # No ROC or lift without a positive class; calibration where there are probabilities.
+    drawn = {"multiclass": ["calibration.png"], "regression": []}[task_type]
+    assert report["plots"] == ["leaderboard.png", "learning_curves.png", *drawn]
+    assert all((ctx.run_dir / "plots" / name).stat().st_size > 10_000 for name in report["plots"])
     spec = {
         "task_type": task_type,
         "classes": report["classes"],
