@@ -13,6 +13,7 @@ Figures are drawn with matplotlib's object API on its Agg canvas: no pyplot, no 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,23 +49,27 @@ def render(report: dict[str, Any], folder: Path) -> list[str]:
     return written
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _title(report: dict[str, Any]) -> str:
     return f"run {report['run_id']}, {report['task_name']}"
 
 
 def _leaderboard(fig: Figure, report: dict[str, Any]) -> None:
-    board = [row for row in report.get("leaderboard", []) if row.get("test") is not None]
+    board = [row for row in report.get("leaderboard", []) if _finite(row.get("test"))]
     ax = fig.add_subplot()
     names = [row["model"] for row in board][::-1]  # best at the top
     y = range(len(names))
-    ax.barh([i + 0.2 for i in y], [row["valid"] or 0 for row in board][::-1], height=0.4, color=GREY,
-            label="valid")
+    ax.barh([i + 0.2 for i in y], [row["valid"] if _finite(row["valid"]) else 0 for row in board][::-1],
+            height=0.4, color=GREY, label="valid")
     ax.barh([i - 0.2 for i in y], [row["test"] for row in board][::-1], height=0.4, color=BLUE, label="test")
     for i, row in zip(y, board[::-1], strict=True):
         ax.annotate(f"{row['test']:.4f}", (row["test"], i - 0.2), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=8)
     ax.set_yticks(list(y), names)
-    values = [v for row in board for v in (row["valid"], row["test"]) if v is not None]
+    values = [v for row in board for v in (row["valid"], row["test"]) if _finite(v)]
     if values:  # bars start near the worst model: the differences that matter are in the third decimal
         span = max(values) - min(values)
         ax.set_xlim(min(values) - max(span, 0.01) * 0.5, max(values) + max(span, 0.01) * 0.25)
@@ -78,8 +83,8 @@ def _learning_curves(fig: Figure, report: dict[str, Any]) -> None:
     models = {**report.get("domains", {}), **({"fusion": report["fusion"]} if "fusion" in report else {})}
     for name, entry in models.items():
         history = entry.get("history") or []
-        epochs = [h["epoch"] for h in history if h.get("valid_metric") is not None]
-        values = [h["valid_metric"] for h in history if h.get("valid_metric") is not None]
+        epochs = [h["epoch"] for h in history if _finite(h.get("valid_metric"))]
+        values = [h["valid_metric"] for h in history if _finite(h.get("valid_metric"))]
         ax.plot(epochs, values, marker="o", markersize=3, label=name)
     stopped_on = {(entry.get("stopping") or {}).get("on", "valid") for entry in models.values()}
     rows = {frozenset({"train"}): "the stopping rows", frozenset({"valid"}): "valid"}.get(
