@@ -21,6 +21,8 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from anna_models.metrics import HIGHER_IS_BETTER
+
 PLOTS = ("leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png", "calibration.png")
 BLUE, GREY = "#1f77b4", "#9a9a9a"
 
@@ -53,6 +55,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def _direction(metric: str) -> str:
+    return f"{metric} ({'higher' if HIGHER_IS_BETTER.get(metric, True) else 'lower'} is better)"
+
+
 def _title(report: dict[str, Any]) -> str:
     return f"run {report['run_id']}, {report['task_name']}"
 
@@ -73,7 +79,7 @@ def _leaderboard(fig: Figure, report: dict[str, Any]) -> None:
     if values:  # bars start near the worst model: the differences that matter are in the third decimal
         span = max(values) - min(values)
         ax.set_xlim(min(values) - max(span, 0.01) * 0.5, max(values) + max(span, 0.01) * 0.25)
-    ax.set_xlabel(report["metric"])
+    ax.set_xlabel(_direction(report["metric"]))
     ax.legend(loc="lower right")
     ax.set_title(f"{_title(report)}: leaderboard (the blend's valid is cross-validated)")
 
@@ -90,7 +96,7 @@ def _learning_curves(fig: Figure, report: dict[str, Any]) -> None:
     rows = {frozenset({"train"}): "the stopping rows", frozenset({"valid"}): "valid"}.get(
         frozenset(stopped_on), "the rows each stopped on")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{report['metric']} on {rows}")
+    ax.set_ylabel(f"{_direction(report['metric'])} on {rows}")
     if ax.lines:
         ax.legend(fontsize=8)
     ax.set_title(f"{_title(report)}: the chosen encoders' learning curves")
