@@ -6,6 +6,7 @@ Tests hand in their own ``httpx.Client`` (for example FastAPI's ``TestClient``) 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from anna_backend.entrypoints.cli_format import run_state_line, step_line
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = ("succeeded", "failed", "cancelled")
+PROGRESS_EVERY_S = 10.0  # how often `anna train --wait` shows a step's progress within an epoch
 
 
 class AnnaError(click.ClickException):
@@ -174,10 +176,13 @@ class CliEnv:
 
 
 def follow_run(
-    client: AnnaClient, run_id: int, interval: float, *, echo: Callable[[str], None] = click.echo
+    client: AnnaClient, run_id: int, interval: float, *, echo: Callable[[str], None] = click.echo,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll a run until it finishes, printing a line whenever the run or one of its steps changes."""
-    shown: dict[str, str] = {}
+    """Poll a run until it finishes, printing a line whenever the run or one of its steps changes: at once
+    for a new state, epoch, metric or message, and for progress within an epoch at most every
+    ``PROGRESS_EVERY_S`` seconds per step (a step reports its share done about ten times an epoch)."""
+    shown: dict[str, tuple[tuple, str, float]] = {}  # step -> (milestone, line, when) last printed
     state_line = ""
     unreachable_since: float | None = None
     while True:
@@ -201,9 +206,13 @@ def follow_run(
         for step in run.get("steps") or []:
             name, text = step.get("name", ""), step_line(step)
             # Pending steps are noise until seen running (a resumed run resets its unfinished ones).
-            if shown.get(name) != text and (step.get("state") != "pending" or name in shown):
+            if step.get("state") == "pending" and name not in shown:
+                continue
+            milestone = tuple(step.get(k) for k in ("state", "epoch", "metric", "message"))
+            last_milestone, last_text, last_when = shown.get(name, (None, "", -math.inf))
+            if milestone != last_milestone or (text != last_text and clock() - last_when >= PROGRESS_EVERY_S):
                 echo(f"  {text}")
-                shown[name] = text
+                shown[name] = (milestone, text, clock())
         if run["state"] in FINISHED:
             return dict(run)
         time.sleep(interval)

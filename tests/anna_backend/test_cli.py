@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from anna_backend.bootstrap import Wiring
 from anna_backend.entrypoints.cli import cli
-from anna_backend.entrypoints.cli_client import CliEnv, describe_problems, save_token
+from anna_backend.entrypoints.cli_client import CliEnv, describe_problems, follow_run, save_token
 from anna_backend.entrypoints.cli_format import parse_params, step_line, table
 from anna_backend.service_layer import runs
 from anna_backend.settings import Settings
@@ -262,6 +262,30 @@ def test_progress_lines_count_epochs_for_encoders_and_rounds_for_lightgbm() -> N
                           "metric_name": "auc", "metric": 0.8124, "fraction": 0.05})
     assert encoder.split()[2:] == ["epoch", "3/10", "roc_auc=0.7123", "50%", "trial", "0:", "gru", "64"]
     assert boosting.split()[2:] == ["round", "150/3000", "auc=0.8124", "5%"]
+
+
+def test_train_wait_shows_epochs_at_once_and_progress_within_an_epoch_every_ten_seconds() -> None:
+    now = [0.0]
+    step = {"name": "train.cards", "state": "running", "epoch": 1, "max_epochs": 3, "message": "trial 0"}
+    polls = [{**step, "fraction": (i + 1) / 10} for i in range(8)]  # a poll every 2 s, progress each time
+    polls.append({**step, "metric": 0.71, "metric_name": "roc_auc", "fraction": 1.0})  # epoch 1 ends
+    polls.append({**polls[-1], "state": "succeeded"})
+
+    class Scripted:
+        def get(self, path: str, **_: object) -> dict:
+            now[0] += 2.0
+            step = polls.pop(0)
+            return {"id": 1, "task_name": "churn", "state": "running" if polls else "succeeded",
+                    "steps": [step]}
+
+    lines: list[str] = []
+    follow_run(Scripted(), 1, 0.0, echo=lines.append, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    shown = [line.split()[1:5] for line in lines if line.startswith("  train.cards")]
+    # 10% at 2 s, 60% at 12 s (the 20-50% polls in between are skipped), the epoch's end at once, done.
+    assert shown == [["running", "epoch", "1/3", "10%"], ["running", "epoch", "1/3", "60%"],
+                     ["running", "epoch", "1/3", "roc_auc=0.7100"],
+                     ["succeeded", "epoch", "1/3", "roc_auc=0.7100"]]
 
 
 def test_train_wait_fails_when_the_run_does_not_succeed(
