@@ -257,7 +257,7 @@ def _run_trial(trial: Trial, candidate: Candidate, earlier: list[Trial], *, trai
             return True
         return False
 
-    report(message=f"{title} ...")
+    report(message=f"{title} ...", epoch=0, metric=None, fraction=0.0)  # not the last trial's figures
     started = clock()
     model, history = trainer(
         *data, metric=metric, params=candidate.params, init=candidate.weights, should_stop=stop,

@@ -260,6 +260,9 @@ def test_pipeline_searches_and_the_chosen_model_is_what_report_mlflow_and_scorin
     assert search == {"budget_s": 300, "seconds": trials["seconds"], "skipped": []}
     messages = [f.get("message", "") for s, f in events if s == f"train.{domain}"]
     assert any(m.startswith("trial 2: lstm 16") for m in messages)
+    # A trial's start clears the previous trial's epoch and metric from the step's progress line.
+    [start] = [f for s, f in events if s == f"train.{domain}" and f.get("message") == "trial 2: lstm 16 ..."]
+    assert (start["epoch"], start["metric"]) == (0, None)
     assert any(m.startswith("chose trial") for m in messages)
 
     # MLflow: one run per trial, nested in the domain's run, which holds the chosen params.
