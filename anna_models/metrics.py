@@ -137,6 +137,16 @@ def lift_by_decile(y_true: np.ndarray, p: np.ndarray) -> list[dict[str, float]]:
     return rows
 
 
+def by_prediction_decile(y_true: np.ndarray, prediction: np.ndarray) -> list[dict[str, float]]:
+    """Regression's calibration: rows by ascending prediction in 10 equal groups, each group's mean
+    prediction beside its mean observed value."""
+    y_true, prediction = np.asarray(y_true, dtype=np.float64), np.asarray(prediction, dtype=np.float64)
+    order = np.argsort(prediction, kind="stable")
+    return [{"decile": decile, "rows": len(part), "mean_predicted": round(float(prediction[part].mean()), 6),
+             "mean_observed": round(float(y_true[part].mean()), 6)}
+            for decile, part in enumerate(np.array_split(order, 10), start=1) if len(part)]
+
+
 def confusion(y_true: np.ndarray, predicted: np.ndarray, n_classes: int) -> list[list[int]]:
     """Confusion matrix, rows = true class, columns = predicted class."""
     return skm.confusion_matrix(y_true, predicted, labels=np.arange(n_classes)).tolist()
@@ -182,8 +192,9 @@ def leaderboard(rows: list[dict], metric: str) -> list[dict]:
 
 
 def evaluation(task_type: str, y_true: np.ndarray, y_score: np.ndarray, *, curves: bool = False) -> dict:
-    """All metrics of the task type; with ``curves`` also ROC/PR/lift (binary) or the confusion matrix,
-    and for classification the calibration (reliability curve and ECE)."""
+    """All metrics of the task type; with ``curves`` also ROC/PR/lift (binary), the confusion matrix
+    (multiclass) or the mean observed value by prediction decile (regression), and for classification the
+    calibration (reliability curve and ECE)."""
     result: dict = {"rows": int(len(y_true)), "metrics": all_metrics(task_type, y_true, y_score)}
     if curves and task_type == "binary":
         result["roc"] = roc_points(y_true, y_score)
@@ -191,6 +202,8 @@ def evaluation(task_type: str, y_true: np.ndarray, y_score: np.ndarray, *, curve
         result["lift"] = lift_by_decile(y_true, y_score)
     elif curves and task_type == "multiclass":
         result["confusion"] = confusion(y_true, np.asarray(y_score).argmax(1), np.asarray(y_score).shape[1])
+    elif curves and task_type == "regression":
+        result["deciles"] = by_prediction_decile(y_true, y_score)
     if curves and task_type in ("binary", "multiclass"):
         result["calibration"] = calibration(y_true, y_score)
     return result

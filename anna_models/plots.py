@@ -6,7 +6,9 @@
 - ``learning_curves.png``: each encoder's valid metric per epoch (on the rows it stopped on);
 - ``roc_pr.png`` (binary): the blend's ROC and precision-recall curves on test;
 - ``lift.png`` (binary): the blend's lift by score decile on test;
-- ``calibration.png`` (binary, multiclass): predicted probability against the observed rate on test.
+- ``calibration.png`` (binary, multiclass): predicted probability against the observed rate on test;
+- ``confusion.png`` (multiclass): the blend's confusion matrix on test, each true class's row in shares;
+- ``deciles.png`` (regression): the blend's mean prediction against the mean observed value by decile.
 
 Figures are drawn with matplotlib's object API on its Agg canvas: no pyplot, no display, no global state.
 """
@@ -23,7 +25,8 @@ from matplotlib.figure import Figure
 
 from anna_models.metrics import HIGHER_IS_BETTER
 
-PLOTS = ("leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png", "calibration.png")
+PLOTS = ("leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png", "calibration.png",
+         "confusion.png", "deciles.png")
 BLUE, GREY = "#1f77b4", "#9a9a9a"
 
 
@@ -40,6 +43,10 @@ def render(report: dict[str, Any], folder: Path) -> list[str]:
         drawers["lift.png"] = lambda fig: _lift(fig, test["lift"])
     if (test.get("calibration") or {}).get("bins"):
         drawers["calibration.png"] = lambda fig: _calibration(fig, test["calibration"], report["task_type"])
+    if test.get("confusion"):
+        drawers["confusion.png"] = lambda fig: _confusion(fig, test["confusion"], report.get("classes") or [])
+    if test.get("deciles"):
+        drawers["deciles.png"] = lambda fig: _deciles(fig, test["deciles"])
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in PLOTS:
@@ -140,6 +147,36 @@ def _calibration(fig: Figure, calibration: dict[str, Any], task_type: str) -> No
     _square(ax, "mean predicted probability", "observed rate",
             f"calibration, blend on test: {what} (ECE {calibration['ece']:.4f})")
     ax.legend(loc="upper left", fontsize=8)
+
+
+def _confusion(fig: Figure, matrix: list[list[int]], classes: list) -> None:
+    ax = fig.add_subplot()
+    counts = [[int(c) for c in row] for row in matrix]
+    shares = [[c / max(sum(row), 1) for c in row] for row in counts]  # of each true class's rows
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            ax.text(j, i, f"{shares[i][j]:.0%}\n{count}", ha="center", va="center", fontsize=8,
+                    color="white" if shares[i][j] > 0.5 else "black")
+    labels = [str(c) for c in (classes if len(classes) == len(counts) else range(len(counts)))]
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion, blend on test (share of each true class's rows, and rows)", fontsize=10)
+
+
+def _deciles(fig: Figure, deciles: list[dict[str, Any]]) -> None:
+    ax = fig.add_subplot()
+    predicted = [d["mean_predicted"] for d in deciles]
+    observed = [d["mean_observed"] for d in deciles]
+    ax.plot(predicted, observed, marker="o", color=BLUE, label="prediction deciles")
+    low, high = min(predicted + observed), max(predicted + observed)
+    ax.plot([low, high], [low, high], color=GREY, linestyle="--", linewidth=1, label="prediction = observed")
+    ax.set_xlabel("mean prediction in the decile")
+    ax.set_ylabel("mean observed value")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("predicted against observed, blend on test (rows in 10 groups by prediction)", fontsize=10)
 
 
 def _square(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:

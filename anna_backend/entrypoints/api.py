@@ -214,7 +214,8 @@ def create_app(backend: Backend) -> FastAPI:
              responses={200: {"content": {"image/png": {}}, "description": "the plot as PNG"}})
     def get_plot(run_id: int, name: str, user: CurrentUser, backend: BackendDep) -> FileResponse:
         """One plot of the run's report as PNG; the report's `plots` lists them (leaderboard.png,
-        learning_curves.png, and by task type roc_pr.png, lift.png, calibration.png)."""
+        learning_curves.png, and by task type roc_pr.png, lift.png, calibration.png, confusion.png,
+        deciles.png)."""
         return FileResponse(runs.get_plot(backend, run_id, name), media_type="image/png")
 
     @app.post("/runs/{run_id}/score", tags=["scoring"], response_model=ScorePublic,

@@ -76,6 +76,15 @@ def test_evaluation_per_task_type() -> None:
     assert set(all_metrics("regression", rng.normal(size=50), rng.normal(size=50))) == {"rmse", "mae", "r2"}
 
 
+def test_regression_is_checked_by_prediction_decile() -> None:
+    # Predictions 0..99 and observed values twice as large: each decile's mean observed is twice its mean.
+    prediction = np.arange(100, dtype=np.float64)[::-1]
+    deciles = evaluation("regression", 2 * prediction, prediction, curves=True)["deciles"]
+    assert [(d["decile"], d["rows"]) for d in deciles] == [(i, 10) for i in range(1, 11)]
+    assert [d["mean_predicted"] for d in deciles] == [4.5 + 10 * i for i in range(10)]  # ascending
+    assert [d["mean_observed"] for d in deciles] == [2 * d["mean_predicted"] for d in deciles]
+
+
 def test_calibration_compares_predicted_and_observed_rates_per_bin() -> None:
     # 100 rows predicted 0.2, of which 20 happen; 100 rows predicted 0.9, of which 60 happen.
     p = np.r_[np.full(100, 0.2), np.full(100, 0.9)]

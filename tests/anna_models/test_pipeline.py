@@ -244,7 +244,7 @@ def test_multiclass_and_regression_runs_score_through_the_packaged_ensemble(
     report = json.loads((ctx.run_dir / "report.json").read_text())
     assert report["metric"] == metric and metric in report["blend"]["test"]["metrics"]
     # No ROC or lift without a positive class; calibration where there are probabilities.
-    drawn = {"multiclass": ["calibration.png"], "regression": []}[task_type]
+    drawn = {"multiclass": ["calibration.png", "confusion.png"], "regression": ["deciles.png"]}[task_type]
     assert report["plots"] == ["leaderboard.png", "learning_curves.png", *drawn]
     assert all((ctx.run_dir / "plots" / name).stat().st_size > 10_000 for name in report["plots"])
     spec = {

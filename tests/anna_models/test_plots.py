@@ -37,5 +37,5 @@ def test_a_regression_report_with_undefined_metrics_draws_what_it_has(tmp_path: 
     y = rng.normal(size=200)
     report = report_of("regression", y, y + rng.normal(size=200), "rmse")
     report["domains"]["cards"]["history"] = [{"epoch": 1, "valid_metric": float("nan")}]  # nothing defined
-    assert render(report, tmp_path) == ["leaderboard.png", "learning_curves.png"]
+    assert render(report, tmp_path) == ["leaderboard.png", "learning_curves.png", "deciles.png"]
     assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
