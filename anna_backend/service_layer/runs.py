@@ -182,10 +182,7 @@ def cancel_run(backend: Backend, *, user: User, run_id: int) -> RunView:
 
 
 def get_report(backend: Backend, run_id: int) -> dict[str, Any]:
-    with backend.uow() as uow:
-        run = _get_run(uow, run_id)
-    if run.state is not RunState.SUCCEEDED:
-        raise Conflict(f"run {run_id} is {run.state.value}; a report exists once it has succeeded")
+    _require_succeeded(backend, run_id)
     report = backend.artifacts.report(run_id)
     if report is None:
         raise NotFound(f"run {run_id} has no report.json")
@@ -194,14 +191,21 @@ def get_report(backend: Backend, run_id: int) -> dict[str, Any]:
 
 def get_plot(backend: Backend, run_id: int, name: str) -> Path:
     """A PNG file: one of the run's report plots (``anna_models.plots``), named in its ``plots``."""
-    names = get_report(backend, run_id).get("plots") or []
-    if name not in names:
-        listed = ", ".join(names) or "none (it was trained before ANNA drew plots)"
-        raise NotFound(f"run {run_id} has no plot {name!r}; its plots: {listed}")
+    _require_succeeded(backend, run_id)
     path = backend.artifacts.run_dir(run_id) / "plots" / name
-    if not path.is_file():
-        raise NotFound(f"run {run_id}'s plot {name} is missing from {path.parent}")
-    return path
+    if name == path.name and name.endswith(".png") and path.is_file():  # a bare file name: nothing outside
+        return path
+    names = (backend.artifacts.report(run_id) or {}).get("plots") or []  # only to say what there is
+    listed = ", ".join(names) or "none (it was trained before ANNA drew plots)"
+    raise NotFound(f"run {run_id} has no plot {name!r}; its plots: {listed}")
+
+
+def _require_succeeded(backend: Backend, run_id: int) -> None:
+    """409 unless the run has succeeded: its report and plots exist only then."""
+    with backend.uow() as uow:
+        run = _get_run(uow, run_id)
+    if run.state is not RunState.SUCCEEDED:
+        raise Conflict(f"run {run_id} is {run.state.value}; a report exists once it has succeeded")
 
 
 def json_safe(value: Any) -> Any:
