@@ -86,7 +86,8 @@ class SearchResult:
     params: TrainParams
     trials: list[Trial]
     chosen: int
-    skipped: list[str] = field(default_factory=list)  # candidates not started: the budget could not fit them
+    # Candidates not started because the budget could not fit them: {"candidate", "needs_s", "left_s"}.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, *, metric: str, budget_s: float) -> dict[str, Any]:
         return trials_json(self.trials, metric=metric, budget_s=budget_s, chosen=self.chosen,
@@ -94,7 +95,7 @@ class SearchResult:
 
 
 def trials_json(trials: list[Trial], *, metric: str, budget_s: float, chosen: int | None,
-                skipped: list[str]) -> dict[str, Any]:
+                skipped: list[dict[str, Any]]) -> dict[str, Any]:
     """models/<domain>/trials.json: the search as the run shows it."""
     return {"metric": metric, "budget_s": budget_s, "seconds": round(sum(t.seconds for t in trials), 3),
             "chosen": chosen, "trials": [t.to_json(metric) for t in trials], "skipped": skipped}
@@ -194,7 +195,7 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
                "seed": seed}
     started = clock()
     trials: list[Trial] = []
-    skipped: list[str] = []
+    skipped: list[dict[str, Any]] = []
     best: tuple[Trial, Any, list[dict[str, float]]] | None = None
     margin = 0.0
     for candidate in queue:
@@ -205,7 +206,8 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
             need = expected_seconds(candidate.params, trials, min(PRUNE_AFTER_EPOCH, params.max_epochs),
                                     candidate.frozen_share)
             if need > left:
-                skipped.append(f"{trial.label()}: needs ~{need:.0f} s, {max(left, 0):.0f} s left")
+                skipped.append({"candidate": trial.label(), "needs_s": round(need, 1),
+                                "left_s": round(max(left, 0.0), 1)})
                 continue
         deadline = started + budget if trials else float("inf")  # the given params always train to the end
         try:

@@ -223,7 +223,8 @@ def budget_note(search: dict[str, Any]) -> str:
     skipped = search.get("skipped") or []
     if not skipped:
         return ""
-    names = ", ".join(s.split(":")[0] for s in skipped)
+    # Reports written before 2026-12-07 list "label: needs ~N s, M s left" strings.
+    names = ", ".join(s["candidate"] if isinstance(s, dict) else str(s).split(":")[0] for s in skipped)
     return (f"{len(skipped)} candidate(s) not tried within the {search.get('budget_s', 0):.0f} s budget "
             f"({names}); raise search_budget_s to try them")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anna_backend.entrypoints.cli_format import trials_tables
+from anna_backend.entrypoints.cli_format import budget_note, trials_tables
 
 
 def trial(number: int, architecture: str, state: str, best: float, chosen: bool, layers: int = 1) -> dict:
@@ -45,7 +45,8 @@ def test_the_fusion_models_trials_follow_the_domains() -> None:
 
 
 def test_the_report_says_which_candidates_the_budget_left_untried_and_what_to_raise() -> None:
-    skipped = ["transformer 64: needs ~72 s, 16 s left", "gru 128: needs ~21 s, 7 s left"]
+    skipped = [{"candidate": "transformer 64", "needs_s": 72.0, "left_s": 16.0},
+               {"candidate": "gru 128", "needs_s": 21.0, "left_s": 7.0}]
     report = {"metric": "roc_auc", "domains": {
         "cards": {"trials": [trial(0, "gru", "completed", 0.77, True),
                              trial(1, "lstm", "pruned", 0.70, False)],
@@ -53,7 +54,7 @@ def test_the_report_says_which_candidates_the_budget_left_untried_and_what_to_ra
         # Large data: the run's params alone took the whole budget, so no other candidate started.
         "accounts": {"trials": [trial(0, "gru", "completed", 0.7, True)],
                      "search": {"budget_s": 150.0, "seconds": 221.0,
-                                "skipped": ["lstm 128: needs ~90 s, 0 s left"]}},
+                                "skipped": [{"candidate": "lstm 128", "needs_s": 90.0, "left_s": 0.0}]}},
         "credit": {"trials": [trial(0, "gru", "completed", 0.7, True)],
                    "search": {"budget_s": 0.0, "seconds": 12.0, "skipped": []}},  # budget 0: nothing to say
     }}
@@ -62,3 +63,9 @@ def test_the_report_says_which_candidates_the_budget_left_untried_and_what_to_ra
                                       "gru 128); raise search_budget_s to try them")
     assert accounts == ("AutoML search, accounts: only the run's params trained; 1 candidate(s) not tried "
                         "within the 150 s budget (lstm 128); raise search_budget_s to try them")
+
+
+def test_a_report_from_before_the_skipped_candidates_were_records_still_prints() -> None:
+    old = {"budget_s": 150.0, "seconds": 160.0, "skipped": ["lstm 128: needs ~90 s, 0 s left"]}
+    assert budget_note(old) == ("1 candidate(s) not tried within the 150 s budget (lstm 128); "
+                                "raise search_budget_s to try them")

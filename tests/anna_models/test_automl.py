@@ -137,7 +137,7 @@ def test_a_frozen_candidate_is_judged_by_its_forward_only_cost_when_the_budget_i
 
     # 60 s for the given params leaves 15 s: two whole epochs (20 s) do not fit, two frozen ones (8 s) do.
     assert [t.init for t in result.trials] == ["scratch", "encoder (frozen)"]
-    assert result.skipped == ["gru 64 from encoder: needs ~20 s, 15 s left"]
+    assert result.skipped == [{"candidate": "gru 64 from encoder", "needs_s": 20.0, "left_s": 15.0}]
     assert trainer.calls[-1][0].freeze_encoder
 
 
@@ -386,7 +386,8 @@ def test_a_model_freezing_only_some_domains_is_costed_by_that_share_when_the_bud
                                clock=clock)
         started[share] = len(result.trials)
         if share < 1:
-            assert result.skipped == ["gru 64 from enc (frozen): needs ~14 s, 10 s left"]
+            skipped = {"candidate": "gru 64 from enc (frozen)", "needs_s": 14.0, "left_s": 10.0}
+            assert result.skipped == [skipped]
     assert started == {1.0: 2, 0.5: 1}
 
 
@@ -420,7 +421,8 @@ def test_the_fusion_model_trains_its_frozen_pretrained_start_even_when_the_scrat
                            manifests={"cards": {}, "credit": {}}, queue=queue, trainer=trainer, clock=clock,
                            params=params)
     assert [t.init for t in result.trials] == ["pretrained-cards v1, pretrained-credit v1 (frozen)"]
-    assert result.params.freeze_encoder and result.skipped == ["gru 64: needs ~20 s, 14 s left"]
+    assert result.params.freeze_encoder
+    assert result.skipped == [{"candidate": "gru 64", "needs_s": 20.0, "left_s": 14.0}]
 
 
 def test_the_fusion_step_tries_the_registered_pretrained_encoders_frozen(demo: Path, tmp_path: Path) -> None:
