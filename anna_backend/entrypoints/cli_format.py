@@ -90,13 +90,17 @@ def parse_params(params: Sequence[str], domain_params: Sequence[str]) -> dict[st
 def step_line(step: dict[str, Any]) -> str:
     """One compact line per pipeline step: name, state, epoch, metric, progress, message."""
     parts = [f"{step.get('name', '?'):<32}", f"{step.get('state', '?'):<9}"]
+    unit = "round" if step.get("name") == "train_lightgbm" else "epoch"  # LightGBM counts boosting rounds
+    epoch, fraction = step.get("epoch") or 0, step.get("fraction")
+    running = step.get("state") == "running"
     if step.get("max_epochs"):
-        unit = "round" if step.get("name") == "train_lightgbm" else "epoch"  # LightGBM counts boosting rounds
-        parts.append(f"{unit} {step.get('epoch') or 0}/{step['max_epochs']}")
+        parts.append(f"{unit} {epoch}/{step['max_epochs']}")
     if step.get("metric") is not None:
         parts.append(f"{step.get('metric_name') or 'metric'}={format_value(step['metric'])}")
-    fraction = step.get("fraction")
-    if fraction is not None and step.get("state") == "running":
+        # An encoder reports its metric when an epoch ends, so within the next one it is the last epoch's.
+        if unit == "epoch" and running and fraction is not None and float(fraction) < 1 and epoch > 1:
+            parts.append(f"after epoch {epoch - 1}")
+    if fraction is not None and running:
         parts.append(f"{100 * float(fraction):.0f}%")
     if step.get("message"):
         parts.append(str(step["message"]))
