@@ -202,7 +202,7 @@ def _progress_callback(progress: Callable[..., None], max_rounds: int) -> Callab
     def report(env: Any) -> None:
         if (env.iteration + 1) % 50 == 0 and env.evaluation_result_list:
             _, metric_name, value, _ = env.evaluation_result_list[0][:4]
-            progress(epoch=env.iteration + 1, max_epochs=max_rounds, metric=float(value),
+            progress(epoch=env.iteration + 1, max_epochs=max_rounds, unit="round", metric=float(value),
                      metric_name=metric_name, fraction=(env.iteration + 1) / max_rounds)
 
     return report

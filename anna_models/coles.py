@@ -187,6 +187,6 @@ def train_coles(seqs: Sequences, config: ModelConfig, params: ColesParams,
                  "accuracy": accuracy_sum / max(n_views, 1), "seconds": seconds,
                  "events_per_s": n_events / max(seconds, 1e-9)}
         history.append(entry)
-        progress(epoch=epoch, max_epochs=params.epochs, metric=entry["loss"], metric_name="contrastive_loss",
-                 fraction=1.0)
+        progress(epoch=epoch, max_epochs=params.epochs, unit="epoch", metric=entry["loss"],
+                 metric_name="contrastive_loss", fraction=1.0)
     return model.eval(), history

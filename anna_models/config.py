@@ -103,7 +103,8 @@ def _no_progress(step: str, **fields: Any) -> None:
 class StepContext:
     """What a pipeline step gets: the run's folder, its configuration and a progress callback.
 
-    ``progress(step, **fields)``; fields: state, epoch, max_epochs, metric, metric_name, message, fraction.
+    ``progress(step, **fields)``; fields: state, epoch, max_epochs, unit (what ``epoch``
+    counts: "epoch" or "round"), metric, metric_name, message, fraction.
     """
 
     run_dir: Path

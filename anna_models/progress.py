@@ -15,7 +15,7 @@ from typing import Any
 
 from anna_models.steps import write_json
 
-FIELDS = ("state", "epoch", "max_epochs", "metric", "metric_name", "message", "fraction")
+FIELDS = ("state", "epoch", "max_epochs", "unit", "metric", "metric_name", "message", "fraction")
 
 
 def progress_dir(run_dir: Path) -> Path:

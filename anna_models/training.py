@@ -231,7 +231,8 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
             scheduler.step()
             loss_sum += loss.detach().double() * len(rows)
             if (i + 1) % report_every == 0 and i + 1 < len(plan):
-                progress(epoch=epoch, max_epochs=params.max_epochs, fraction=(i + 1) / len(plan))
+                progress(epoch=epoch, max_epochs=params.max_epochs, unit="epoch",
+                         fraction=(i + 1) / len(plan))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)  # the epoch's kernels are queued, not done, until here
         seconds = time.perf_counter() - started
@@ -241,7 +242,8 @@ def train_model(train: Mapping[str, Sequences], y_train: np.ndarray, valid: Mapp
                         "valid_metric": value, "seconds": seconds,
                         "events_per_s": events / max(seconds, 1e-9),
                         "model_share": 1.0 - data_seconds / max(seconds, 1e-9)})
-        progress(epoch=epoch, max_epochs=params.max_epochs, metric=value, metric_name=metric, fraction=1.0)
+        progress(epoch=epoch, max_epochs=params.max_epochs, unit="epoch", metric=value, metric_name=metric,
+                 fraction=1.0)
         if is_better(metric, value, best_value):
             best_value, stale = value, 0
             best_state = copy.deepcopy(model.state_dict())

@@ -13,6 +13,7 @@ from anna_backend.adapters import tables as t
 from anna_backend.adapters.database import CLAIM_LOCK_KEY, advisory_xact_lock
 from anna_backend.domain.model import (
     ACTIVE_STATES,
+    PROGRESS_FIELDS,
     AccessToken,
     Role,
     Run,
@@ -169,8 +170,7 @@ def _as_date(value: date | datetime) -> date:
     return value.date() if isinstance(value, datetime) else value
 
 
-_STEP_FIELDS = ("position", "epoch", "max_epochs", "metric_name", "metric", "fraction", "message",
-                "started_at", "finished_at")
+_STEP_FIELDS = ("position", *PROGRESS_FIELDS, "started_at", "finished_at")
 
 
 class SqlRunRepository(ports.RunRepository):

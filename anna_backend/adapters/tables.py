@@ -108,6 +108,7 @@ run_steps = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("epoch", sa.Integer),
     sa.Column("max_epochs", sa.Integer),
+    sa.Column("unit", sa.String(16)),
     sa.Column("metric_name", sa.String(32)),
     sa.Column("metric", sa.Float),
     sa.Column("fraction", sa.Float),

@@ -127,6 +127,10 @@ class Sample:
     created_at: datetime = field(default_factory=utcnow)
 
 
+# What a step reports of itself as it runs (besides its state).
+PROGRESS_FIELDS = ("epoch", "max_epochs", "unit", "metric_name", "metric", "fraction", "message")
+
+
 @dataclass
 class RunStep:
     """Progress of one pipeline step of a run, e.g. ``train.card_transactions``."""
@@ -136,6 +140,7 @@ class RunStep:
     state: StepState = StepState.PENDING
     epoch: int | None = None
     max_epochs: int | None = None
+    unit: str | None = None  # what ``epoch`` counts: "epoch" (encoders), "round" (LightGBM); None: "epoch"
     metric_name: str | None = None
     metric: float | None = None
     fraction: float | None = None
@@ -152,7 +157,7 @@ class RunStep:
                 self.state = new
         elif self.state is StepState.PENDING:
             self.state = StepState.RUNNING  # progress without a state means the step is under way
-        for name in ("epoch", "max_epochs", "metric_name", "metric", "fraction", "message"):
+        for name in PROGRESS_FIELDS:
             if name in fields:
                 setattr(self, name, fields[name])
         if self.state is StepState.RUNNING and self.started_at is None:

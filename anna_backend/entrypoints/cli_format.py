@@ -90,7 +90,7 @@ def parse_params(params: Sequence[str], domain_params: Sequence[str]) -> dict[st
 def step_line(step: dict[str, Any]) -> str:
     """One compact line per pipeline step: name, state, epoch, metric, progress, message."""
     parts = [f"{step.get('name', '?'):<32}", f"{step.get('state', '?'):<9}"]
-    unit = "round" if step.get("name") == "train_lightgbm" else "epoch"  # LightGBM counts boosting rounds
+    unit = step.get("unit") or "epoch"  # LightGBM counts boosting rounds
     epoch, fraction = step.get("epoch") or 0, step.get("fraction")
     running = step.get("state") == "running"
     if step.get("max_epochs"):

@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from anna_backend.bootstrap import bootstrap
+from anna_backend.domain.model import PROGRESS_FIELDS
 from anna_backend.service_layer.ports import Backend
 from anna_backend.service_layer.run_progress import (
     begin_attempt,
@@ -39,7 +40,6 @@ from anna_models.config import RunConfig, StepContext, TrainParams
 
 log = logging.getLogger("anna_backend.driver")
 
-PROGRESS_FIELDS = ("state", "epoch", "max_epochs", "metric", "metric_name", "message", "fraction")
 
 
 class StepFailed(Exception):
@@ -69,7 +69,7 @@ class ProgressReporter:
         self._state: dict[str, Any] = {}
 
     def __call__(self, step: str, **fields: Any) -> None:
-        fields = {k: v for k, v in fields.items() if k in PROGRESS_FIELDS}
+        fields = {k: v for k, v in fields.items() if k == "state" or k in PROGRESS_FIELDS}
         pending = self._pending.setdefault(step, {})
         pending.update(fields)
         changes_state = "state" in fields and fields["state"] != self._state.get(step)

@@ -150,6 +150,8 @@ class RunStepPublic(BaseModel):
     state: StepStateName
     epoch: int | None
     max_epochs: int | None
+    unit: str | None = Field(description='what epoch and max_epochs count: "epoch" (an encoder\'s pass '
+                                         'over the train rows) or "round" (LightGBM\'s boosting rounds)')
     metric_name: str | None
     metric: float | None
     fraction: float | None
@@ -160,7 +162,7 @@ class RunStepPublic(BaseModel):
     @classmethod
     def of(cls, step: RunStep) -> RunStepPublic:
         return cls(name=step.name, state=step.state.value, epoch=step.epoch, max_epochs=step.max_epochs,
-                   metric_name=step.metric_name, metric=step.metric, fraction=step.fraction,
+                   unit=step.unit, metric_name=step.metric_name, metric=step.metric, fraction=step.fraction,
                    message=step.message, started_at=step.started_at, finished_at=step.finished_at)
 
 

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from anna_backend.domain.errors import NotFound
-from anna_backend.domain.model import Run, RunState, utcnow
+from anna_backend.domain.model import PROGRESS_FIELDS, Run, RunState, utcnow
 from anna_backend.service_layer.ports import Backend, Orchestrator, PipelineStatus, StepStatus
 from anna_backend.service_layer.run_progress import (
     begin_attempt,
@@ -45,9 +45,6 @@ from anna_backend.service_layer.run_progress import (
 from anna_backend.service_layer.score_requests import handle_score_request
 
 log = logging.getLogger(__name__)
-
-PROGRESS_FIELDS = ("epoch", "max_epochs", "metric", "metric_name", "fraction", "message")
-
 
 class Delivery(Protocol):
     @property

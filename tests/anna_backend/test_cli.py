@@ -259,7 +259,7 @@ def test_progress_lines_count_epochs_for_encoders_and_rounds_for_lightgbm() -> N
                          "metric_name": "roc_auc", "metric": 0.71234, "fraction": 0.5,
                          "message": "trial 0: gru 64"})
     boosting = step_line({"name": "train_lightgbm", "state": "running", "epoch": 150, "max_epochs": 3000,
-                          "metric_name": "auc", "metric": 0.8124, "fraction": 0.05})
+                          "unit": "round", "metric_name": "auc", "metric": 0.8124, "fraction": 0.05})
     # Within epoch 3 the metric shown is epoch 2's; at an epoch's end it is that epoch's own.
     assert encoder.split()[2:] == ["epoch", "3/10", "roc_auc=0.7123", "after", "epoch", "2", "50%",
                                    "trial", "0:", "gru", "64"]

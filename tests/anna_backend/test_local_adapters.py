@@ -72,7 +72,7 @@ def test_sqlite_runs_in_wal_mode_and_migrations_are_idempotent(settings: Setting
         tables = set(sa.inspect(connection).get_table_names())
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     assert {"users", "tokens", "tasks", "samples", "runs", "run_steps", "score_jobs"} <= tables
-    assert version == "0002_score_jobs"
+    assert version == "0003_step_unit"
     engine.dispose()
 
 
@@ -86,11 +86,13 @@ def test_migrations_bring_a_fresh_postgresql_database_to_head(postgres_url: str)
         tables = set(inspector.get_table_names())
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         columns = {c["name"]: c for c in inspector.get_columns("runs")}
+        step_columns = {c["name"] for c in inspector.get_columns("run_steps")}
         indexes = {i["name"] for i in inspector.get_indexes("runs")}
         job_indexes = {i["name"] for i in inspector.get_indexes("score_jobs")}
     assert {"users", "tokens", "tasks", "samples", "runs", "run_steps", "score_jobs"} <= tables
-    assert version == "0002_score_jobs"
+    assert version == "0003_step_unit"
     assert columns["id"]["autoincrement"] and str(columns["params"]["type"]) == "JSON"
+    assert "unit" in step_columns
     assert {"ix_runs_task_id", "ix_runs_state_id"} <= indexes
     assert {"ix_score_jobs_run_id", "ix_score_jobs_state_id"} <= job_indexes
     engine.dispose()

@@ -257,7 +257,8 @@ def test_following_copies_task_states_and_progress_and_fails_the_run_with_the_ta
     w = worker(backend, broker, orchestrator)
     w.tick()
     progress = FileProgress(backend.artifacts.run_dir(run_id), interval_s=0)
-    progress("train.cards", state="running", epoch=3, max_epochs=10, metric=0.71, metric_name="roc_auc")
+    progress("train.cards", state="running", epoch=3, max_epochs=10, unit="epoch", metric=0.71,
+             metric_name="roc_auc")
     orchestrator.steps = [StepStatus("validate_split", "succeeded"), StepStatus("extract.cards", "succeeded"),
                           StepStatus("train.cards", "running", try_number=1)]
     w.follow()
@@ -266,6 +267,7 @@ def test_following_copies_task_states_and_progress_and_fails_the_run_with_the_ta
     assert run is not None
     step = run.step("train.cards")
     assert step is not None and step.state.value == "running" and step.epoch == 3 and step.metric == 0.71
+    assert step.unit == "epoch"
     assert run.step("validate_split").state.value == "succeeded"  # type: ignore[union-attr]
 
     error = "FileNotFoundError: cards/part-0.parquet"

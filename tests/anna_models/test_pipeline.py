@@ -135,6 +135,10 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
     for domain in ctx.config.domains:
         assert report["domains"][domain]["test"]["rows"] == counts["test"]
     assert any(f.get("metric_name") == "roc_auc" for step, f in events if step.startswith("train."))
+    # Each progress report says what its epoch counts: LightGBM's boosting rounds, the encoders' epochs.
+    units = {(step.split(".")[0], f.get("unit")) for step, f in events if f.get("epoch")}
+    assert ("train", "epoch") in units
+    assert all(unit == ("round" if step == "train_lightgbm" else "epoch") for step, unit in units), units
     # The same as plots for people who would rather look: PNG files, logged to MLflow beside the report.
     assert report["plots"] == ["leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png",
                                "calibration.png"]

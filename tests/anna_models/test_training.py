@@ -66,6 +66,7 @@ def test_binary_encoder_learns_and_keeps_its_best_epoch() -> None:
     assert all(0.5 < h["model_share"] <= 1 for h in history)
     epoch_ends = [c for c in calls if c.get("metric_name") == "roc_auc"]
     assert [c["epoch"] for c in epoch_ends] == [h["epoch"] for h in history]
+    assert {c["unit"] for c in calls} == {"epoch"}
     outputs, embeddings = predict(model, seqs.take(valid))
     auc = compute_metric("roc_auc", y[valid], to_scores("binary", outputs))
     assert auc > 0.75
