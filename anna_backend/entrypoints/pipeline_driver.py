@@ -41,7 +41,6 @@ from anna_models.config import RunConfig, StepContext, TrainParams
 log = logging.getLogger("anna_backend.driver")
 
 
-
 class StepFailed(Exception):
     """A pipeline step raised; picklable, so it crosses back from a domain process."""
 

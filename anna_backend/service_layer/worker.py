@@ -46,6 +46,7 @@ from anna_backend.service_layer.score_requests import handle_score_request
 
 log = logging.getLogger(__name__)
 
+
 class Delivery(Protocol):
     @property
     def request(self) -> Any: ...  # .kind, .run_id, .job_id; None when the body is not a request
