@@ -181,7 +181,7 @@ def train_coles(seqs: Sequences, config: ModelConfig, params: ColesParams,
             accuracy_sum += float(accuracy) * len(owner)
             n_views += len(owner)
             if (i + 1) % report_every == 0 and i + 1 < len(plan):
-                progress(epoch=epoch, max_epochs=params.epochs, fraction=(i + 1) / len(plan))
+                progress(epoch=epoch, max_epochs=params.epochs, unit="epoch", fraction=(i + 1) / len(plan))
         seconds = time.perf_counter() - started
         entry = {"epoch": epoch, "loss": loss_sum / max(n_views, 1),
                  "accuracy": accuracy_sum / max(n_views, 1), "seconds": seconds,
