@@ -61,6 +61,10 @@ def test_train_watch_report_and_score_on_demo_data(real: Wiring, settings: Setti
         assert done["state"] == "succeeded", f"{done['error']}\n{log[-3000:]}"
         assert all(s["state"] == "succeeded" for s in done["steps"]), done["steps"]
         assert {s["name"] for s in done["steps"]} >= {f"train.{d}" for d in task["domains"]}
+        # What each step's epoch counted, as the API says: the encoders' epochs, LightGBM's boosting rounds.
+        units = {s["name"]: s["unit"] for s in done["steps"] if s["epoch"]}
+        assert all(units[f"train.{d}"] == "epoch" for d in task["domains"]), units
+        assert all(unit == ("round" if name == "train_lightgbm" else "epoch") for name, unit in units.items())
         assert "roc_auc" in done["metrics"]["test"]
         assert set(done["metrics"]["domains"]) == set(task["domains"])
         assert done["model_uri"]
