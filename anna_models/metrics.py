@@ -116,15 +116,19 @@ def pr_points(y_true: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
     return {"recall": recall, "precision": precision}
 
 
+def deciles(score: np.ndarray) -> list[np.ndarray]:
+    """Row indices by ascending ``score`` in 10 groups of equal size (±1 row; empty under 10 rows)."""
+    return np.array_split(np.argsort(np.asarray(score, dtype=np.float64), kind="stable"), 10)
+
+
 def lift_by_decile(y_true: np.ndarray, p: np.ndarray) -> list[dict[str, float]]:
     """Rows by descending score in 10 equal groups: each group's rate of class 1 and its lift."""
     y_true = np.asarray(y_true, dtype=np.float64)
     if len(y_true) == 0:
         return []
-    order = np.argsort(-np.asarray(p), kind="stable")
     base = y_true.mean()
     rows = []
-    for decile, part in enumerate(np.array_split(order, 10), start=1):
+    for decile, part in enumerate(deciles(-np.asarray(p, dtype=np.float64)), start=1):
         rate = float(y_true[part].mean()) if len(part) else float("nan")
         rows.append(
             {
@@ -141,10 +145,9 @@ def by_prediction_decile(y_true: np.ndarray, prediction: np.ndarray) -> list[dic
     """Regression's calibration: rows by ascending prediction in 10 equal groups, each group's mean
     prediction beside its mean observed value."""
     y_true, prediction = np.asarray(y_true, dtype=np.float64), np.asarray(prediction, dtype=np.float64)
-    order = np.argsort(prediction, kind="stable")
     return [{"decile": decile, "rows": len(part), "mean_predicted": round(float(prediction[part].mean()), 6),
              "mean_observed": round(float(y_true[part].mean()), 6)}
-            for decile, part in enumerate(np.array_split(order, 10), start=1) if len(part)]
+            for decile, part in enumerate(deciles(prediction), start=1) if len(part)]
 
 
 def confusion(y_true: np.ndarray, predicted: np.ndarray, n_classes: int) -> list[list[int]]:

@@ -139,7 +139,8 @@ def _calibration(fig: Figure, calibration: dict[str, Any], task_type: str) -> No
     ax = fig.add_subplot()
     bins = calibration["bins"]
     ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1, label="perfectly calibrated")
-    sizes = [20 + 200 * b["rows"] / max(x["rows"] for x in bins) for b in bins]
+    largest = max(b["rows"] for b in bins)
+    sizes = [20 + 200 * b["rows"] / largest for b in bins]
     ax.scatter([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], s=sizes, color=BLUE,
                label="probability bins (area: rows)")
     ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], color=BLUE, linewidth=1)

@@ -181,7 +181,8 @@ def follow_run(
 ) -> dict[str, Any]:
     """Poll a run until it finishes, printing a line whenever the run or one of its steps changes: at once
     for a new state, epoch, metric or message, and for progress within an epoch at most every
-    ``PROGRESS_EVERY_S`` seconds per step (a step reports its share done about ten times an epoch)."""
+    ``PROGRESS_EVERY_S`` seconds per step (a step reports its share done about ten times an epoch).
+    LightGBM's boosting rounds (``unit`` "round") are progress too: it reports every 50 of thousands."""
     shown: dict[str, tuple[tuple, str, float]] = {}  # step -> (milestone, line, when) last printed
     state_line = ""
     unreachable_since: float | None = None
@@ -208,7 +209,8 @@ def follow_run(
             # Pending steps are noise until seen running (a resumed run resets its unfinished ones).
             if step.get("state") == "pending" and name not in shown:
                 continue
-            milestone = tuple(step.get(k) for k in ("state", "epoch", "metric", "message"))
+            counted = ("epoch", "metric") if step.get("unit") != "round" else ()
+            milestone = tuple(step.get(k) for k in ("state", "message", *counted))
             last_milestone, last_text, last_when = shown.get(name, (None, "", -math.inf))
             if milestone != last_milestone or (text != last_text and clock() - last_when >= PROGRESS_EVERY_S):
                 echo(f"  {text}")

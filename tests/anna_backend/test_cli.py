@@ -293,6 +293,30 @@ def test_train_wait_shows_epochs_at_once_and_progress_within_an_epoch_every_ten_
                      ["succeeded", "epoch", "1/3", "roc_auc=0.7100"]]
 
 
+def test_train_wait_shows_lightgbm_rounds_as_progress_every_ten_seconds() -> None:
+    now = [0.0]
+    step = {"name": "train_lightgbm", "state": "running", "max_epochs": 3000, "unit": "round",
+            "metric_name": "auc"}
+    # A poll every 2 s, each with 50 more rounds and a new metric: ten polls in 20 s.
+    polls = [{**step, "epoch": 50 * (i + 1), "metric": 0.80 + i / 1000, "fraction": (i + 1) / 60}
+             for i in range(10)]
+    polls.append({**polls[-1], "state": "succeeded"})
+
+    class Scripted:
+        def get(self, path: str, **_: object) -> dict:
+            now[0] += 2.0
+            return {"id": 1, "task_name": "churn", "state": "running" if len(polls) > 1 else "succeeded",
+                    "steps": [polls.pop(0)]}
+
+    lines: list[str] = []
+    follow_run(Scripted(), 1, 0.0, echo=lines.append, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    shown = [line.split()[1:4] for line in lines if line.startswith("  train_lightgbm")]
+    # Rounds 50 at 2 s, 300 at 12 s, then nothing new until the step's end.
+    assert shown == [["running", "round", "50/3000"], ["running", "round", "300/3000"],
+                     ["succeeded", "round", "500/3000"]]
+
+
 def test_train_wait_fails_when_the_run_does_not_succeed(
     logged_in: Callable[..., Result], sample_csv: Path, wiring: Wiring, runner: FakeRunner
 ) -> None:
