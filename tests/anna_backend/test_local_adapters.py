@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import sqlalchemy as sa
-from backend_fakes import Api
+from backend_fakes import Api, seed_runs
 
 from anna_backend.adapters.artifacts import LocalSampleStore
 from anna_backend.adapters.database import make_engine, migrate
 from anna_backend.adapters.marts import LocalMartCatalog
+from anna_backend.domain.model import RunStep
+from anna_backend.service_layer.ports import Backend
 from anna_backend.settings import Settings
 
 
@@ -72,7 +75,7 @@ def test_sqlite_runs_in_wal_mode_and_migrations_are_idempotent(settings: Setting
         tables = set(sa.inspect(connection).get_table_names())
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     assert {"users", "tokens", "tasks", "samples", "runs", "run_steps", "score_jobs"} <= tables
-    assert version == "0003_step_unit"
+    assert version == "0004_backfill_step_unit"
     engine.dispose()
 
 
@@ -90,12 +93,34 @@ def test_migrations_bring_a_fresh_postgresql_database_to_head(postgres_url: str)
         indexes = {i["name"] for i in inspector.get_indexes("runs")}
         job_indexes = {i["name"] for i in inspector.get_indexes("score_jobs")}
     assert {"users", "tokens", "tasks", "samples", "runs", "run_steps", "score_jobs"} <= tables
-    assert version == "0003_step_unit"
+    assert version == "0004_backfill_step_unit"
     assert columns["id"]["autoincrement"] and str(columns["params"]["type"]) == "JSON"
     assert "unit" in step_columns
     assert {"ix_runs_task_id", "ix_runs_state_id"} <= indexes
     assert {"ix_score_jobs_run_id", "ix_score_jobs_state_id"} <= job_indexes
     engine.dispose()
+
+
+@pytest.mark.all_databases
+def test_upgrading_gives_steps_recorded_before_units_their_unit(backend: Backend, settings: Settings) -> None:
+    """A run trained before migration 0003 showed its LightGBM step as "epoch 150/3000"."""
+    [run_id] = seed_runs(backend, 1)
+    steps = {"train.cards": 7, "train_lightgbm": 150, "blend": None}
+    with backend.uow() as uow:
+        for name, epoch in steps.items():
+            uow.runs.save_step(run_id, RunStep(name, epoch=epoch, max_epochs=epoch and 3 * epoch))
+        uow.commit()
+    engine = make_engine(settings.database_url)
+    with engine.begin() as connection:  # the database as 0003 left it: a unit column, empty on old steps
+        connection.execute(sa.text("UPDATE run_steps SET unit = NULL"))
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0003_step_unit'"))
+    migrate(engine)
+    engine.dispose()
+    with backend.uow() as uow:
+        run = uow.runs.get(run_id)
+    assert run is not None
+    assert {s.name: s.unit for s in run.steps if s.name in steps} == {
+        "train.cards": "epoch", "train_lightgbm": "round", "blend": None}
 
 
 def test_openapi_docs_are_served(api: Api) -> None:
