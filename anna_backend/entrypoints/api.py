@@ -14,7 +14,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import ValidationError
 
@@ -104,6 +104,11 @@ def create_app(backend: Backend) -> FastAPI:
                   description="AutoML for neural networks on banks' sequential client data.")
     app.state.backend = backend
     app.add_exception_handler(DomainError, _domain_error)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        """The address `make run` prints opens the API's interactive docs until the web UI lands."""
+        return RedirectResponse("/docs")
 
     @app.get("/health", tags=["meta"])
     def health(backend: BackendDep) -> HealthPublic:

@@ -123,8 +123,11 @@ def test_upgrading_gives_steps_recorded_before_units_their_unit(backend: Backend
         "train.cards": "epoch", "train_lightgbm": "round", "blend": None}
 
 
-def test_openapi_docs_are_served(api: Api) -> None:
+def test_openapi_docs_are_served_also_from_the_address_make_run_prints(api: Api) -> None:
     assert api.client.get("/docs").status_code == 200
+    home = api.client.get("/", follow_redirects=False)
+    assert home.status_code == 307 and home.headers["location"] == "/docs"
+    assert "swagger" in api.client.get("/").text.lower()
     paths = api.client.get("/openapi.json").json()["paths"]
     assert {"/auth/token", "/tasks/{task_ref}/samples", "/runs/{run_id}/score", "/runs/{run_id}/score-jobs",
             "/score-jobs/{job_id}", "/score-jobs/{job_id}/result",
