@@ -233,8 +233,11 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
                                  skipped=skipped))
     assert best is not None  # the first candidate always trains
     chosen, model, history = best
+    # The step's figures end as the chosen trial's (as its row in the report), not the last trial's.
     report(message=f"chose trial {chosen.number}: {chosen.label()} ({metric} {_fmt(chosen.best(metric))}, "
-                   f"{len(trials)} trial(s) in {clock() - started:.0f} s)")
+                   f"{len(trials)} trial(s) in {clock() - started:.0f} s)",
+           epoch=chosen.epochs, max_epochs=chosen.params.max_epochs, unit="epoch", metric=chosen.best(metric),
+           fraction=1.0)
     return SearchResult(model=model, history=history, params=chosen.params, trials=trials,
                         chosen=chosen.number, skipped=skipped)
 

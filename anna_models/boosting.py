@@ -188,6 +188,9 @@ def train_aggregate_model(train: Mapping[str, Sequences], y_train: np.ndarray, *
                                valid_sets=[stop], valid_names=["stopping"], callbacks=callbacks)
         rounds = max(int(probe.best_iteration or probe.current_iteration()), 1)
         curve = recorded["stopping"][booster_params["metric"]]
+        if progress is not None:  # the step ends on the rounds the model keeps, not the last 50 tried
+            progress(epoch=rounds, max_epochs=int(settings["num_rounds"]), unit="round",
+                     metric=float(curve[rounds - 1]), metric_name=booster_params["metric"], fraction=1.0)
         history = [{"epoch": i + 1, "valid_metric": float(v)} for i, v in enumerate(curve)
                    if (i + 1) % HISTORY_EVERY == 0 or i + 1 == rounds]
     booster = lightgbm.train(booster_params, dataset(np.ones(len(y), dtype=bool)), num_boost_round=rounds)

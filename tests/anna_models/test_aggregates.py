@@ -121,13 +121,20 @@ def test_lightgbm_on_aggregates_learns_and_scores_the_same_after_saving(tmp_path
 
     seqs, y, clients = demo_like(3000, seed=0)
     train, test = np.arange(2000), np.arange(2000, 3000)
+    reports: list[dict] = []
     model, history = train_aggregate_model(
         {"cards": seqs.take(train)}, y[train], client_id=clients[train], task_type="binary",
-        metric="roc_auc", classes=[0, 1], features={"cards": FEATURES}, params={"num_threads": 1}, seed=0)
+        metric="roc_auc", classes=[0, 1], features={"cards": FEATURES}, params={"num_threads": 1}, seed=0,
+        progress=lambda **fields: reports.append(fields))
     outputs = model.predict({"cards": seqs.take(test)})
     assert outputs.shape == (1000,)
     assert compute_metric("roc_auc", y[test], outputs) > 0.75
     assert history and 1 <= model.rounds < 2000  # early stopping ended it
+    # Progress ends on the rounds the model keeps, and their stopping metric: the best in the history.
+    last = reports[-1]
+    assert (last["epoch"], last["unit"], last["metric_name"]) == (model.rounds, "round", "auc")
+    kept = next(h["valid_metric"] for h in history if h["epoch"] == model.rounds)
+    assert last["metric"] == pytest.approx(kept) == max(h["valid_metric"] for h in history)
     assert any(f["name"].startswith("cards.amount.") and "30d" in f["name"] for f in model.importance(5))
 
     model.save(tmp_path / "lightgbm")

@@ -53,13 +53,13 @@ class FakeTrainer:
 
 
 def run_search(trainer: FakeTrainer, clock: Clock, *, metric: str = "roc_auc", seed: int = 0,
-               pretrained: Any = None, **params: Any) -> automl.SearchResult:
+               pretrained: Any = None, progress: Any = None, **params: Any) -> automl.SearchResult:
     given = TrainParams(**{"max_epochs": 4, "search_budget_s": 1000.0, **params})
     # Without a pretrained encoder, search's own default queue (the space in a seeded order).
     queue = None if pretrained is None else search_space.candidates(given, seed=seed, pretrained=pretrained)
     return automl.search({"cards": None}, np.zeros(4), {"cards": None}, np.zeros(4), task_type="binary",
                          metric=metric, classes=[0, 1], manifests={"cards": {}}, params=given, seed=seed,
-                         queue=queue, trainer=trainer, clock=clock)
+                         queue=queue, trainer=trainer, clock=clock, progress=progress)
 
 
 def test_search_prunes_bad_trials_and_chooses_the_best_valid_one() -> None:
@@ -84,6 +84,19 @@ def test_search_prunes_bad_trials_and_chooses_the_best_valid_one() -> None:
     assert [t["state"] for t in saved["trials"]].count("pruned") >= 3
     assert saved["trials"][0]["params"] == asdict(TrainParams(max_epochs=4, search_budget_s=1000.0))
     json.dumps(saved)  # trials.json must be writable as it is
+
+
+def test_the_search_ends_its_progress_on_the_chosen_trial_not_on_the_last_one_tried() -> None:
+    """`anna train --wait` ends a domain's line on this report; it showed the last pruned trial's figures."""
+    clock = Clock()
+    reports: list[dict[str, Any]] = []
+    result = run_search(FakeTrainer(clock, {"gru": BAD, "lstm": BEST, "transformer": GOOD}), clock,
+                        progress=lambda **fields: reports.append(fields), architecture="lstm")
+    chosen = result.trials[result.chosen]
+    assert result.chosen != result.trials[-1].number and result.trials[-1].epochs < chosen.epochs
+    last = reports[-1]
+    assert last["message"].startswith(f"chose trial {chosen.number}: lstm 64")
+    assert (last["epoch"], last["max_epochs"], last["metric"]) == (4, 4, 0.83)
 
 
 def test_lower_is_better_metrics_prune_and_choose_the_other_way() -> None:

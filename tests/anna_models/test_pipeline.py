@@ -139,6 +139,13 @@ def test_pipeline_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.Mon
     units = {(step.split(".")[0], f.get("unit")) for step, f in events if f.get("epoch")}
     assert ("train", "epoch") in units
     assert all(unit == ("round" if step == "train_lightgbm" else "epoch") for step, unit in units), units
+    # A step's figures end as those of the model it keeps, not of the last trial or the last 50 rounds.
+    last = {step: f for step, f in events if f.get("epoch")}
+    for domain in ctx.config.domains:
+        [chosen] = [t for t in report["domains"][domain]["trials"] if t["chosen"]]
+        assert last[f"train.{domain}"]["epoch"] == chosen["epochs"]
+        assert last[f"train.{domain}"]["metric"] == pytest.approx(chosen["best_valid_metric"])
+    assert last["train_lightgbm"]["epoch"] == report["lightgbm"]["epochs"]
     # The same as plots for people who would rather look: PNG files, logged to MLflow beside the report.
     assert report["plots"] == ["leaderboard.png", "learning_curves.png", "roc_pr.png", "lift.png",
                                "calibration.png"]
