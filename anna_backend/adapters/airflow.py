@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -143,7 +143,7 @@ class AirflowOrchestrator(Orchestrator):
         error = None
         if run_state == "failed":  # name the step that failed first, not those it took down with it
             ran = [s for s in steps if s.state == "failed" and s.try_number > 0]
-            first = min(ran, key=lambda s: s.finished_at or datetime.max.replace(tzinfo=UTC), default=None)
+            first = min(ran, key=StepStatus.failure_order, default=None)
             error = f"step {first.name} failed: {first.error}" if first else "the DAG run failed"
         return PipelineStatus(state=run_state, steps=steps, error=error)
 
@@ -201,14 +201,16 @@ class AirflowOrchestrator(Orchestrator):
                 name = task_id
             state = STEP_STATES.get(ti.get("state"), "pending")
             recorded = progress.get(name, {})
-            error = recorded.get("message") if recorded.get("state") == "failed" else None
+            raised = recorded.get("state") == "failed"
+            error = recorded.get("message") if raised else None
             if state == "failed" and error is None:  # killed, or failed outside the step: ask the log
                 error = self._log_tail(run, ti)
             elif state not in ("failed", "retrying"):
                 error = None
             steps.append(StepStatus(name=name, state=state, try_number=int(ti.get("try_number") or 0),
                                     started_at=_time(ti.get("start_date")),
-                                    finished_at=_time(ti.get("end_date")), error=error))
+                                    finished_at=_time(ti.get("end_date")), error=error,
+                                    raised=raised and state in ("failed", "retrying")))
         return steps
 
     def _log_tail(self, run: Run, ti: dict[str, Any]) -> str | None:

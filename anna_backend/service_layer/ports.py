@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +236,9 @@ class Runner(abc.ABC):
 @dataclass(frozen=True)
 class StepStatus:
     """One pipeline step as the orchestrator sees it; ``name`` is ANNA's (``train.card``), ``state`` one of
-    pending, running, retrying, succeeded, failed, skipped; ``error`` the failure's message, if any."""
+    pending, running, retrying, succeeded, failed, skipped; ``error`` the failure's message, if any, and
+    ``raised`` whether the step's own code recorded it (False for a task stopped or killed from outside,
+    whose error is the tail of its log)."""
 
     name: str
     state: str
@@ -244,6 +246,13 @@ class StepStatus:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    raised: bool = False
+
+    def failure_order(self) -> tuple[bool, datetime]:
+        """Sort key of failed steps, the one that failed first first. A fail-fast DAG run fails the steps
+        still running when one fails, and may stamp their end before the failed one's: a step that raised
+        comes before any that were stopped, then the earlier end."""
+        return not self.raised, self.finished_at or datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from anna_backend.domain.errors import NotFound
@@ -272,11 +271,9 @@ class Worker:
 
 
 def first_failure(status: PipelineStatus) -> StepStatus | None:
-    """The step that failed first. The DAG fails fast: once one step fails, Airflow fails the steps still
-    running too, and their errors only say they were stopped."""
+    """The step that failed first (``StepStatus.failure_order``), among those with an error to show."""
     failed = [s for s in status.steps if s.state == "failed" and s.error]
-    never = datetime.max.replace(tzinfo=UTC)
-    return min(failed, key=lambda s: s.finished_at or never, default=None)
+    return min(failed, key=StepStatus.failure_order, default=None)
 
 
 def _step_fields(step: StepStatus, progress: dict[str, Any]) -> dict[str, Any]:
