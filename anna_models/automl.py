@@ -233,10 +233,11 @@ def search(train: Mapping[str, Any], y_train: np.ndarray, valid: Mapping[str, An
                                  skipped=skipped))
     assert best is not None  # the first candidate always trains
     chosen, model, history = best
+    chosen_best = chosen.best(metric)
     # The step's figures end as the chosen trial's (as its row in the report), not the last trial's.
-    report(message=f"chose trial {chosen.number}: {chosen.label()} ({metric} {_fmt(chosen.best(metric))}, "
+    report(message=f"chose trial {chosen.number}: {chosen.label()} ({metric} {_fmt(chosen_best)}, "
                    f"{len(trials)} trial(s) in {clock() - started:.0f} s)",
-           epoch=chosen.epochs, max_epochs=chosen.params.max_epochs, unit="epoch", metric=chosen.best(metric),
+           epoch=chosen.epochs, max_epochs=chosen.params.max_epochs, unit="epoch", metric=chosen_best,
            fraction=1.0)
     return SearchResult(model=model, history=history, params=chosen.params, trials=trials,
                         chosen=chosen.number, skipped=skipped)

@@ -200,17 +200,13 @@ class AirflowOrchestrator(Orchestrator):
             else:
                 name = task_id
             state = STEP_STATES.get(ti.get("state"), "pending")
-            recorded = progress.get(name, {})
-            raised = recorded.get("state") == "failed"
-            error = recorded.get("message") if raised else None
+            raised = state in ("failed", "retrying") and progress.get(name, {}).get("state") == "failed"
+            error = progress[name].get("message") if raised else None
             if state == "failed" and error is None:  # killed, or failed outside the step: ask the log
                 error = self._log_tail(run, ti)
-            elif state not in ("failed", "retrying"):
-                error = None
             steps.append(StepStatus(name=name, state=state, try_number=int(ti.get("try_number") or 0),
                                     started_at=_time(ti.get("start_date")),
-                                    finished_at=_time(ti.get("end_date")), error=error,
-                                    raised=raised and state in ("failed", "retrying")))
+                                    finished_at=_time(ti.get("end_date")), error=error, raised=raised))
         return steps
 
     def _log_tail(self, run: Run, ti: dict[str, Any]) -> str | None:
