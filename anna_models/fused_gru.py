@@ -5,6 +5,8 @@ PyTorch's CPU GRU runs every time step as about ten operations over the (rows, 3
 matrix product (``torch.addmm``: h · W_hhᵀ + b_hh) and one C loop (``fused_gru.c``) that computes the
 gates and the new state in registers; the backward pass mirrors it, and W_hh's gradient is one product
 over all steps at the end. Same formulas, same weights, so a model trained either way loads either way.
+Scoring (``gru_pooled``) goes further: a batch's whole recurrence is one C call, the product included, so
+no step returns to Python and rows whose history has ended cost nothing.
 
 The C source is compiled once per machine with the system's C compiler (``$CC``, else ``cc``) into
 ``$ANNA_CACHE_DIR`` (default ``~/.cache/anna``), keyed by the source, the flags and the CPU's features.
@@ -82,12 +84,13 @@ def gru_pooled(inputs: InputGates, weight_hh: torch.Tensor, bias_hh: torch.Tenso
     """Scoring: (state after each row's last event, sum and max of its states), each (B, H).
 
     Row b's steps stop at ``lengths[b]``; neither the input gates nor the (T, B, H) states are stored.
-    Rows without events get zeros. Not differentiable.
+    Rows without events get zeros. Not differentiable. With several torch threads the rows are split
+    between them, each part one call of the compiled loop (``anna_gru_score`` in ``fused_gru.c``).
     """
     lib = _load()
     assert lib is not None
     x = inputs.x.detach().float().contiguous()
-    steps, rows, n_x = x.shape
+    _, rows, n_x = x.shape
     hidden = weight_hh.shape[1]
     width = 3 * hidden
     weight = inputs.weight.detach().float().contiguous()
@@ -98,27 +101,18 @@ def gru_pooled(inputs: InputGates, weight_hh: torch.Tensor, bias_hh: torch.Tenso
     if weight.shape != (n_x, width):
         raise ValueError(f"x is {n_x} wide: weight must be ({n_x}, {width}), not {tuple(weight.shape)}")
     lengths = lengths.to(torch.int64).contiguous()
-    last, total, peak = (x.new_zeros(rows, hidden) for _ in range(3))
-    state, gates_h = x.new_zeros(rows, hidden), x.new_empty(rows, width)
-    weight_t, bias_hh = weight_hh.detach().t(), bias_hh.detach()
-    inference = torch.is_inference_mode_enabled()
+    last, total, peak, state = (x.new_empty(rows, hidden) for _ in range(4))
+    weight_t, bias_hh = weight_hh.detach().t().float().contiguous(), bias_hh.detach().float().contiguous()
 
-    def pointer(tensor: torch.Tensor | None) -> int | None:
-        return None if tensor is None else tensor.data_ptr()
+    def pointer(tensor: torch.Tensor | None, offset: int = 0) -> int | None:
+        return None if tensor is None else tensor.data_ptr() + offset * tensor.element_size()
 
     def run(a: int, b: int) -> None:
-        with torch.inference_mode(inference), torch.no_grad():
-            h, gh, n = state[a:b], gates_h[a:b], b - a
-            fixed, inputs_at = [pointer(lengths[a:b]), pointer(bias), n_codes], [pointer(tables), n_x]
-            pooled = [pointer(part[a:b]) for part in (gates_h, state, total, peak, last)]
-            # Step t's rows a..b start here; stepping by address, not by slicing, saves a view per step.
-            x_at, x_step = x.data_ptr() + a * n_x * 4, rows * n_x * 4
-            codes_at, codes_step = (0, 0) if codes is None else (codes.data_ptr() + a * n_codes * 8,
-                                                                 rows * n_codes * 8)
-            for t in range(int(lengths[a:b].max()) if n else 0):
-                torch.addmm(bias_hh, h, weight_t, out=gh)
-                lib.anna_gru_score_step(n, hidden, t, *fixed, codes_at + t * codes_step or None, *inputs_at,
-                                        x_at + t * x_step, weight.data_ptr(), *pooled)
+        # Rows a..b of every step: x and codes are (T, rows, ·), so the block starts a rows in.
+        lib.anna_gru_score(b - a, hidden, rows, pointer(lengths, a), pointer(bias), n_codes,
+                           pointer(codes, a * n_codes), pointer(tables), n_x, pointer(x, a * n_x),
+                           weight.data_ptr(), weight_t.data_ptr(), bias_hh.data_ptr(),
+                           *(pointer(part, a * hidden) for part in (state, total, peak, last)))
 
     _split_rows(run, rows)
     return last, total, peak
@@ -234,9 +228,8 @@ def _compile() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.anna_gru_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.anna_gru_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.anna_gru_score_step.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
-                                        ptr, ptr]
-    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = lib.anna_gru_score_step.restype = None
+    lib.anna_gru_score.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, i64, *[ptr] * 8]
+    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = lib.anna_gru_score.restype = None
     return lib
 
 

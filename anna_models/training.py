@@ -26,10 +26,11 @@ from anna_models.threads import on_one_thread_each
 
 Progress = Callable[..., None]
 # Inference batches on CPU: up to PREDICT_BATCH rows and PREDICT_TOKENS_PER_THREAD padded events.
-# Sorted by length, short rows then share wide batches (per-step overhead amortised) while a batch's
-# precomputed input gates (tokens × 3 × hidden floats) stay near cache size. With the fused GRU's pooled
-# scoring, 24,576 ran 5-10% faster than 16,384 or 32,768 on the demo's card transactions and on
-# Poisson(200) lengths (bench/throughput.py's data), and 65,536 or more 15-40% slower.
+# Sorted by length, short rows then share wide batches (per-batch overhead amortised). With the fused GRU's
+# per-step scoring, 24,576 ran 5-10% faster than 16,384 or 32,768 on the demo's card transactions and on
+# Poisson(200) lengths (bench/throughput.py's data), and 65,536 or more 15-40% slower. Since scoring runs
+# a batch's whole recurrence in one compiled call, 6,144 and 12,288 ran 10-25% slower than 24,576, and
+# 98,304 0-10% faster (AMD EPYC, AVX2, 2026-12-08): not enough to move it.
 PREDICT_BATCH = 4096
 PREDICT_TOKENS_PER_THREAD = 24576
 # A GPU runs each time step in parallel across a batch's rows: wider batches, fewer sequential steps.

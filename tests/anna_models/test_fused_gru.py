@@ -56,10 +56,11 @@ def test_states_and_every_gradient_match_torch(steps: int, rows: int, hidden: in
         assert (g - w).abs().max().item() <= 2e-5 * scale, name
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_scoring_pools_each_row_over_its_own_events_only(threads: int) -> None:
+@pytest.mark.parametrize(("threads", "hidden"), [(1, 16), (2, 16), (1, 20)])
+def test_scoring_pools_each_row_over_its_own_events_only(threads: int, hidden: int) -> None:
+    # hidden 20: 60 gate columns, not a multiple of the compiled product's 16-column tiles
     torch.manual_seed(1)
-    rnn = nn.GRU(6, 16)
+    rnn = nn.GRU(6, hidden)
     lengths = torch.tensor([12, 0, 1, 7, 12, 3] * 12)  # 72 rows: split between threads when there are 2
     x = torch.randn(12, len(lengths), 6)
     before = torch.get_num_threads()
