@@ -30,6 +30,43 @@ static inline float exp_approx(float x) {
     return p * scale.f;
 }
 
+/* The product's block: QUAD rows × TILE vectors of 8 columns, 12 accumulators in registers. Of 4×2, 4×3,
+ * 6×2, 6×3 and 8×1..3, 6×2 ran fastest on an AMD EPYC with AVX2 (hidden 64). Vector types are GCC's and
+ * Clang's own: without AVX they become pairs of SSE registers. */
+#define QUAD 6
+#define TILE 2
+typedef float vec8 __attribute__((vector_size(32)));
+typedef float vec8u __attribute__((vector_size(32), aligned(4)));
+
+/* out[r] = start[r] + in[r] M for QUAD rows; in[r] is `depth` wide, M (depth, width) row-major. A block of
+ * fewer rows repeats one (its results are written twice, the same). */
+static void product(int64_t depth, int64_t width, const float *const in[QUAD], const float *restrict m,
+                    const float *const start[QUAD], float *const out[QUAD]) {
+    const int64_t vectors = width / (8 * TILE) * (8 * TILE);
+    for (int64_t c = 0; c < vectors; c += 8 * TILE) {
+        vec8 acc[QUAD][TILE];
+        for (int r = 0; r < QUAD; r++)
+            for (int v = 0; v < TILE; v++) acc[r][v] = *(const vec8u *)(start[r] + c + 8 * v);
+        for (int64_t k = 0; k < depth; k++) {
+            vec8 w[TILE];
+            for (int v = 0; v < TILE; v++) w[v] = *(const vec8u *)(m + k * width + c + 8 * v);
+            for (int r = 0; r < QUAD; r++) {
+                const float x = in[r][k];
+                for (int v = 0; v < TILE; v++) acc[r][v] += x * w[v];
+            }
+        }
+        for (int r = 0; r < QUAD; r++)
+            for (int v = 0; v < TILE; v++) *(vec8u *)(out[r] + c + 8 * v) = acc[r][v];
+    }
+    for (int64_t c = vectors; c < width; c++) {
+        for (int r = 0; r < QUAD; r++) {
+            float acc = start[r][c];
+            for (int64_t k = 0; k < depth; k++) acc += in[r][k] * m[k * width + c];
+            out[r][c] = acc;
+        }
+    }
+}
+
 /* Forward: the new states h (rows, hidden) and, for the backward pass, saved = [r | z | n] per row. */
 void anna_gru_forward(int64_t rows, int64_t hidden, const float *restrict gi, const float *restrict gh,
                       const float *restrict h_prev, float *restrict h, float *restrict saved) {
@@ -81,6 +118,75 @@ void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out
     }
 }
 
+/* Training: a block of rows' whole forward pass in one call. gates_in (steps, row_stride, 3 hidden) holds
+ * x W_ih^T + b_ih; out (steps, row_stride, hidden) gets the states; w_hh_t is W_hh^T (hidden, 3 hidden).
+ * With keep, gates_h and saved (steps, row_stride, 3 hidden) keep every step's h W_hh^T + b_hh and
+ * [r | z | n] for the backward pass; without, they are one step deep and reused. The pointers start at
+ * the block's first row: rows of a wider batch, row_stride apart from one step to the next. */
+void anna_gru_forward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t row_stride, int64_t keep,
+                          const float *restrict gates_in, const float *restrict w_hh_t,
+                          const float *restrict b_hh, float *restrict out, float *restrict gates_h,
+                          float *restrict saved) {
+    const int64_t width = 3 * hidden;
+    float *zeros = __builtin_alloca(hidden * sizeof(float));
+    for (int64_t j = 0; j < hidden; j++) zeros[j] = 0.0f;
+    const float *h_prev[QUAD], *start[QUAD];
+    float *gh[QUAD];
+    for (int r = 0; r < QUAD; r++) start[r] = b_hh;
+    for (int64_t t = 0; t < steps; t++) {
+        const int64_t at = t * row_stride, kept = keep ? at : 0;
+        for (int64_t b = 0; b < rows; b += QUAD) {
+            const int n = rows - b < QUAD ? (int)(rows - b) : QUAD;
+            for (int r = 0; r < QUAD; r++) {
+                const int64_t row = b + (r < n ? r : 0);
+                h_prev[r] = t ? out + (at - row_stride + row) * hidden : zeros;
+                gh[r] = gates_h + (kept + row) * width;
+            }
+            product(hidden, width, h_prev, w_hh_t, start, gh);
+            for (int r = 0; r < n; r++)
+                anna_gru_forward(1, hidden, gates_in + (at + b + r) * width, gh[r], h_prev[r],
+                                 out + (at + b + r) * hidden, saved + (kept + b + r) * width);
+        }
+    }
+}
+
+/* Training: a block of rows' whole backward pass in one call, from the forward's kept gates_h and saved
+ * and its states out; d_out is the loss's gradient of out. Writes d_gi and d_gh (steps, row_stride,
+ * 3 hidden), the gradients of the input gates and of h W_hh^T + b_hh at every step; the caller gets the
+ * weights' gradients from them in one product each. w_hh is W_hh (3 hidden, hidden); d_next (rows,
+ * hidden) is scratch for the gradient reaching h from the step after. */
+void anna_gru_backward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t row_stride,
+                           const float *restrict d_out, const float *restrict out, const float *restrict gates_h,
+                           const float *restrict saved, const float *restrict w_hh, float *restrict d_gi,
+                           float *restrict d_gh, float *restrict d_next) {
+    const int64_t width = 3 * hidden;
+    float *zeros = __builtin_alloca((QUAD + 1) * hidden * sizeof(float));
+    for (int64_t j = 0; j < hidden; j++) zeros[j] = 0.0f;
+    for (int64_t i = 0; i < rows * hidden; i++) d_next[i] = 0.0f;
+    const float *d_gh_rows[QUAD], *direct_rows[QUAD];
+    float *next_rows[QUAD], *direct[QUAD];
+    for (int r = 0; r < QUAD; r++) direct_rows[r] = direct[r] = zeros + (r + 1) * hidden;
+    for (int64_t t = steps - 1; t >= 0; t--) {
+        const int64_t at = t * row_stride;
+        for (int64_t b = 0; b < rows; b += QUAD) {
+            const int n = rows - b < QUAD ? (int)(rows - b) : QUAD;
+            for (int r = 0; r < n; r++) {
+                const int64_t i = at + b + r;
+                anna_gru_backward(1, hidden, d_out + i * hidden, d_next + (b + r) * hidden, saved + i * width,
+                                  gates_h + i * width, t ? out + (i - row_stride) * hidden : zeros,
+                                  d_gi + i * width, d_gh + i * width, direct[r]);
+            }
+            for (int r = 0; r < QUAD; r++) {
+                const int row = r < n ? r : 0;
+                d_gh_rows[r] = d_gh + (at + b + row) * width;
+                direct_rows[r] = direct[row];
+                next_rows[r] = d_next + (b + row) * hidden;
+            }
+            product(width, hidden, d_gh_rows, w_hh, direct_rows, next_rows);
+        }
+    }
+}
+
 /* Scoring: the whole recurrence of a block of rows in one call, pooling as it goes. Row b runs its
  * steps 0 .. lengths[b] - 1; neither the gates nor the per-step states are stored.
  * A row's input gates at step t are made here, from three parts (bias may be NULL, codes and x 0 wide):
@@ -93,42 +199,6 @@ void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out
  * inside their history: with no call back to Python per step, short rows are not held up by long ones.
  * h (rows, hidden) starts at zero; sum and peak accumulate the states; last is the state after a row's
  * last event. Rows without events get zeros. */
-/* The product's block: QUAD rows × TILE vectors of 8 columns, 12 accumulators in registers. Of 4×2, 4×3,
- * 6×2, 6×3 and 8×1..3, 6×2 ran fastest on an AMD EPYC with AVX2 (hidden 64). Vector types are GCC's and
- * Clang's own: without AVX they become pairs of SSE registers. */
-#define QUAD 6
-#define TILE 2
-typedef float vec8 __attribute__((vector_size(32)));
-typedef float vec8u __attribute__((vector_size(32), aligned(4)));
-
-/* out[r] = b_hh + h[r] W_hh^T for QUAD rows (fewer are padded by repeating a row). */
-static void hidden_gates(int64_t hidden, const float *const h[QUAD], const float *restrict w_hh_t,
-                         const float *restrict b_hh, float *const out[QUAD]) {
-    const int64_t width = 3 * hidden, vectors = width / (8 * TILE) * (8 * TILE);
-    for (int64_t c = 0; c < vectors; c += 8 * TILE) {
-        vec8 acc[QUAD][TILE];
-        for (int r = 0; r < QUAD; r++)
-            for (int v = 0; v < TILE; v++) acc[r][v] = *(const vec8u *)(b_hh + c + 8 * v);
-        for (int64_t k = 0; k < hidden; k++) {
-            vec8 w[TILE];
-            for (int v = 0; v < TILE; v++) w[v] = *(const vec8u *)(w_hh_t + k * width + c + 8 * v);
-            for (int r = 0; r < QUAD; r++) {
-                const float hk = h[r][k];
-                for (int v = 0; v < TILE; v++) acc[r][v] += hk * w[v];
-            }
-        }
-        for (int r = 0; r < QUAD; r++)
-            for (int v = 0; v < TILE; v++) *(vec8u *)(out[r] + c + 8 * v) = acc[r][v];
-    }
-    for (int64_t c = vectors; c < width; c++) {
-        for (int r = 0; r < QUAD; r++) {
-            float acc = b_hh[c];
-            for (int64_t k = 0; k < hidden; k++) acc += h[r][k] * w_hh_t[k * width + c];
-            out[r][c] = acc;
-        }
-    }
-}
-
 /* gi = bias + sum over f of tables[codes[f]] + x W_x, for one row at one step: 32 columns at a time,
  * held in registers until every part is added. */
 static __attribute__((noinline)) void input_gates(int64_t width, const float *restrict bias, int64_t n_codes,
@@ -182,9 +252,12 @@ void anna_gru_score(int64_t rows, int64_t hidden, int64_t row_stride, const int6
     for (int64_t b = 0; b < rows; b++) steps = lengths[b] > steps ? lengths[b] : steps;
     for (int64_t i = 0; i < rows * hidden; i++) h[i] = sum[i] = peak[i] = last[i] = 0.0f;
     float *gi = __builtin_alloca((QUAD + 1) * width * sizeof(float));
-    const float *h_in[QUAD];
+    const float *h_in[QUAD], *start[QUAD];
     float *gh[QUAD];
-    for (int r = 0; r < QUAD; r++) gh[r] = gi + (r + 1) * width;
+    for (int r = 0; r < QUAD; r++) {
+        gh[r] = gi + (r + 1) * width;
+        start[r] = b_hh;
+    }
     int64_t active[QUAD];
     for (int64_t t = 0; t < steps; t++) {
         for (int64_t b = 0; b < rows;) {
@@ -193,7 +266,7 @@ void anna_gru_score(int64_t rows, int64_t hidden, int64_t row_stride, const int6
                 if (t < lengths[b]) active[n++] = b;
             if (n == 0) break;
             for (int r = 0; r < QUAD; r++) h_in[r] = h + active[r < n ? r : 0] * hidden;
-            hidden_gates(hidden, h_in, w_hh_t, b_hh, gh);
+            product(hidden, width, h_in, w_hh_t, start, gh);
             for (int r = 0; r < n; r++) {
                 const int64_t row = active[r], at = t * row_stride + row;
                 input_gates(width, bias, n_codes, codes + at * n_codes, tables, n_x, x + at * n_x, w_x, gi);

@@ -1,20 +1,21 @@
-"""A faster single-layer GRU recurrence on CPU: PyTorch's matrix products, one compiled loop for the gates.
+"""A faster single-layer GRU recurrence on CPU: a batch's whole recurrence in one compiled call.
 
 PyTorch's CPU GRU runs every time step as about ten operations over the (rows, 3 × hidden) gate tensors
-(add, sigmoid, tanh, sub, mul, ...), each a pass through memory with its own dispatch. Here a step is one
-matrix product (``torch.addmm``: h · W_hhᵀ + b_hh) and one C loop (``fused_gru.c``) that computes the
-gates and the new state in registers; the backward pass mirrors it, and W_hh's gradient is one product
-over all steps at the end. Same formulas, same weights, so a model trained either way loads either way.
-Scoring (``gru_pooled``) goes further: a batch's whole recurrence is one C call, the product included, so
-no step returns to Python and rows whose history has ended cost nothing.
+(add, sigmoid, tanh, sub, mul, ...), each a pass through memory with its own dispatch. Here the C loops
+(``fused_gru.c``) run all of a batch's steps: each step's product h · W_hhᵀ + b_hh is computed six rows at a
+time in registers, and the gates and the new state right after it; the backward pass mirrors it, and
+W_hh's gradient is one torch product over all steps at the end. No step returns to Python, so short
+sequences and small batches do not pay a per-step call. Same formulas, same weights, so a model trained
+either way loads either way. Scoring (``gru_pooled``) also makes the input gates and pools the states as
+it goes, and rows whose history has ended cost nothing.
 
 The C source is compiled once per machine with the system's C compiler (``$CC``, else ``cc``) into
 ``$ANNA_CACHE_DIR`` (default ``~/.cache/anna``), keyed by the source, the flags and the CPU's features.
 Without a compiler, or with ``ANNA_FUSED_GRU=0``, ``available()`` is False and models use torch's GRU.
 
 Rows are independent, so with several torch threads a batch's rows are split between Python threads that
-each run their rows' whole recurrence on one core (torch and ctypes release the GIL while they compute),
-instead of every small per-step operation being split across cores and meeting at a barrier.
+each run their rows' whole recurrence on one core (ctypes releases the GIL while the C runs), instead of
+every small per-step operation being split across cores and meeting at a barrier.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fused_gru.c")
 FLAGS = ["-O3", "-ffast-math", "-march=native", "-fPIC", "-shared"]
-MIN_ROWS_PER_THREAD = 32  # fewer rows a thread: the per-step Python calls outweigh the split
+MIN_ROWS_PER_THREAD = 32  # splitting 16-60-row batches in two ran no faster (2 threads, 2026-12-08)
 
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -132,25 +133,24 @@ class _FusedGRU(torch.autograd.Function):
         steps, rows, hidden = out.shape
         d_out = d_out.contiguous()
         d_gi, d_gh = torch.empty_like(gates_h), torch.empty_like(gates_h)
+        d_next = out.new_empty(rows, hidden)
+        weight = weight_hh.detach().float().contiguous()
         lib = _load()
         assert lib is not None
 
-        @torch.no_grad()
         def run(a: int, b: int) -> None:
-            zeros = out.new_zeros(b - a, hidden)
-            d_next, d_direct = out.new_zeros(b - a, hidden), out.new_empty(b - a, hidden)
-            for t in range(steps - 1, -1, -1):
-                h_prev = out[t - 1, a:b] if t else zeros
-                d_gh_t = d_gh[t, a:b]
-                lib.anna_gru_backward(b - a, hidden, d_out[t, a:b].data_ptr(), d_next.data_ptr(),
-                                      saved[t, a:b].data_ptr(), gates_h[t, a:b].data_ptr(), h_prev.data_ptr(),
-                                      d_gi[t, a:b].data_ptr(), d_gh_t.data_ptr(), d_direct.data_ptr())
-                torch.addmm(d_direct, d_gh_t, weight_hh, out=d_next)
+            lib.anna_gru_backward_seq(steps, b - a, hidden, rows, *(_at(part, a) for part in (
+                d_out, out, gates_h, saved)), weight.data_ptr(), _at(d_gi, a), _at(d_gh, a), _at(d_next, a))
 
         _split_rows(run, rows)
         h_prev = torch.cat([out.new_zeros(1, rows, hidden), out[:-1]]).view(steps * rows, hidden)
         d_gh_flat = d_gh.view(steps * rows, 3 * hidden)
         return d_gi, d_gh_flat.t() @ h_prev, d_gh_flat.sum(0)
+
+
+def _at(tensor: torch.Tensor, row: int) -> int:
+    """The address of ``row`` in a (rows, ·) or (steps, rows, ·) tensor's first step."""
+    return tensor.data_ptr() + row * tensor.shape[-1] * tensor.element_size()
 
 
 def _forward(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor, keep: bool
@@ -164,23 +164,12 @@ def _forward(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Ten
     # For the backward pass every step's gates stay; at inference one step's worth is reused.
     gates_h = gates_in.new_empty(steps if keep else 1, rows, width)
     saved = gates_in.new_empty(steps if keep else 1, rows, width)
-    weight_t = weight_hh.detach().t()
-    bias = bias_hh.detach()
-    inference = torch.is_inference_mode_enabled()  # thread-local: the row threads must enter it too
+    weight_t = weight_hh.detach().t().float().contiguous()
+    bias = bias_hh.detach().float().contiguous()
 
     def run(a: int, b: int) -> None:
-        with torch.inference_mode(inference), torch.no_grad():
-            _steps(a, b)
-
-    def _steps(a: int, b: int) -> None:
-        h = out.new_zeros(b - a, hidden)
-        for t in range(steps):
-            k = t if keep else 0
-            gh, h_next = gates_h[k, a:b], out[t, a:b]
-            torch.addmm(bias, h, weight_t, out=gh)
-            lib.anna_gru_forward(b - a, hidden, gates_in[t, a:b].data_ptr(), gh.data_ptr(), h.data_ptr(),
-                                 h_next.data_ptr(), saved[k, a:b].data_ptr())
-            h = h_next
+        lib.anna_gru_forward_seq(steps, b - a, hidden, rows, int(keep), _at(gates_in, a), weight_t.data_ptr(),
+                                 bias.data_ptr(), *(_at(part, a) for part in (out, gates_h, saved)))
 
     _split_rows(run, rows)
     return out, gates_h, saved
@@ -226,10 +215,11 @@ def _compile() -> ctypes.CDLL:
             os.replace(built, path)
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.anna_gru_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
-    lib.anna_gru_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.anna_gru_forward_seq.argtypes = [i64, i64, i64, i64, i64, *[ptr] * 6]
+    lib.anna_gru_backward_seq.argtypes = [i64, i64, i64, i64, *[ptr] * 8]
     lib.anna_gru_score.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, i64, *[ptr] * 8]
-    lib.anna_gru_forward.restype = lib.anna_gru_backward.restype = lib.anna_gru_score.restype = None
+    for name in ("anna_gru_forward_seq", "anna_gru_backward_seq", "anna_gru_score"):
+        getattr(lib, name).restype = None
     return lib
 
 
