@@ -1,14 +1,15 @@
-/* One GRU time step's gates, fused: what PyTorch's CPU GRU does in about ten passes over memory.
+/* A GRU's recurrence, fused: what PyTorch's CPU GRU does in about ten passes over memory a step, and a
+ * call from Python a step, here in one call per block of rows.
  *
  * PyTorch's GRU (its formulas, its gate order r, z, n):
- *   r = sigmoid(gi_r + gh_r)        gi = x W_ih^T + b_ih, precomputed for every step
- *   z = sigmoid(gi_z + gh_z)        gh = h_prev W_hh^T + b_hh, one matrix product a step (torch.addmm)
+ *   r = sigmoid(gi_r + gh_r)        gi = x W_ih^T + b_ih, precomputed for every step (training)
+ *   z = sigmoid(gi_z + gh_z)        gh = h_prev W_hh^T + b_hh, computed here (`product`)
  *   n = tanh(gi_n + r * gh_n)
  *   h = (1 - z) * n + z * h_prev
- * For training, the caller (anna_models/fused_gru.py) runs the matrix products; these loops do the rest
- * of a step for `rows` rows, each row's gates laid out as [r | z | n], `hidden` wide each. Scoring runs a
- * whole recurrence here, products included (anna_gru_score). Built with -O3 -ffast-math: the loops over a
- * row vectorise, which is why exp is written out below (a call to expf would not).
+ * Each row's gates are laid out as [r | z | n], `hidden` wide each. anna_gru_forward_seq and
+ * anna_gru_backward_seq train (the caller, anna_models/fused_gru.py, makes gi and W_hh's gradient with
+ * torch); anna_gru_score scores, making gi itself from lookup tables. Built with -O3 -ffast-math: the loops
+ * over a row vectorise, which is why exp is written out below (a call to expf would not).
  */
 #include <stdint.h>
 
@@ -68,8 +69,8 @@ static void product(int64_t depth, int64_t width, const float *const in[QUAD], c
 }
 
 /* Forward: the new states h (rows, hidden) and, for the backward pass, saved = [r | z | n] per row. */
-void anna_gru_forward(int64_t rows, int64_t hidden, const float *restrict gi, const float *restrict gh,
-                      const float *restrict h_prev, float *restrict h, float *restrict saved) {
+static void step_forward(int64_t rows, int64_t hidden, const float *restrict gi, const float *restrict gh,
+                         const float *restrict h_prev, float *restrict h, float *restrict saved) {
     const int64_t width = 3 * hidden;
     for (int64_t b = 0; b < rows; b++) {
         const float *restrict xi = gi + b * width, *restrict xh = gh + b * width;
@@ -91,9 +92,10 @@ void anna_gru_forward(int64_t rows, int64_t hidden, const float *restrict gi, co
  * next step). Writes the gradients of the gate inputs: d_gi (of gi, also b_ih's), d_gh (of gh, also b_hh's
  * and the product h_prev W_hh^T), and d_direct = the part of h_prev's gradient that skips W_hh (dh * z);
  * the caller adds d_gh W_hh to it. */
-void anna_gru_backward(int64_t rows, int64_t hidden, const float *restrict d_out, const float *restrict d_next,
-                       const float *restrict saved, const float *restrict gh, const float *restrict h_prev,
-                       float *restrict d_gi, float *restrict d_gh, float *restrict d_direct) {
+static void step_backward(int64_t rows, int64_t hidden, const float *restrict d_out,
+                          const float *restrict d_next, const float *restrict saved, const float *restrict gh,
+                          const float *restrict h_prev, float *restrict d_gi, float *restrict d_gh,
+                          float *restrict d_direct) {
     const int64_t width = 3 * hidden;
     for (int64_t b = 0; b < rows; b++) {
         const float *restrict s = saved + b * width, *restrict xh = gh + b * width;
@@ -144,7 +146,7 @@ void anna_gru_forward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t r
             }
             product(hidden, width, h_prev, w_hh_t, start, gh);
             for (int r = 0; r < n; r++)
-                anna_gru_forward(1, hidden, gates_in + (at + b + r) * width, gh[r], h_prev[r],
+                step_forward(1, hidden, gates_in + (at + b + r) * width, gh[r], h_prev[r],
                                  out + (at + b + r) * hidden, saved + (kept + b + r) * width);
         }
     }
@@ -160,6 +162,7 @@ void anna_gru_backward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t 
                            const float *restrict saved, const float *restrict w_hh, float *restrict d_gi,
                            float *restrict d_gh, float *restrict d_next) {
     const int64_t width = 3 * hidden;
+    /* h_prev at step 0 (zeros), then one row of d_direct (dh * z) for each row of a block */
     float *zeros = __builtin_alloca((QUAD + 1) * hidden * sizeof(float));
     for (int64_t j = 0; j < hidden; j++) zeros[j] = 0.0f;
     for (int64_t i = 0; i < rows * hidden; i++) d_next[i] = 0.0f;
@@ -172,7 +175,7 @@ void anna_gru_backward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t 
             const int n = rows - b < QUAD ? (int)(rows - b) : QUAD;
             for (int r = 0; r < n; r++) {
                 const int64_t i = at + b + r;
-                anna_gru_backward(1, hidden, d_out + i * hidden, d_next + (b + r) * hidden, saved + i * width,
+                step_backward(1, hidden, d_out + i * hidden, d_next + (b + r) * hidden, saved + i * width,
                                   gates_h + i * width, t ? out + (i - row_stride) * hidden : zeros,
                                   d_gi + i * width, d_gh + i * width, direct[r]);
             }

@@ -105,15 +105,11 @@ def gru_pooled(inputs: InputGates, weight_hh: torch.Tensor, bias_hh: torch.Tenso
     last, total, peak, state = (x.new_empty(rows, hidden) for _ in range(4))
     weight_t, bias_hh = weight_hh.detach().t().float().contiguous(), bias_hh.detach().float().contiguous()
 
-    def pointer(tensor: torch.Tensor | None, offset: int = 0) -> int | None:
-        return None if tensor is None else tensor.data_ptr() + offset * tensor.element_size()
-
     def run(a: int, b: int) -> None:
         # Rows a..b of every step: x and codes are (T, rows, ·), so the block starts a rows in.
-        lib.anna_gru_score(b - a, hidden, rows, pointer(lengths, a), pointer(bias), n_codes,
-                           pointer(codes, a * n_codes), pointer(tables), n_x, pointer(x, a * n_x),
-                           weight.data_ptr(), weight_t.data_ptr(), bias_hh.data_ptr(),
-                           *(pointer(part, a * hidden) for part in (state, total, peak, last)))
+        lib.anna_gru_score(b - a, hidden, rows, _at(lengths, a), _at(bias), n_codes, _at(codes, a),
+                           _at(tables), n_x, _at(x, a), _at(weight), _at(weight_t), _at(bias_hh),
+                           *(_at(part, a) for part in (state, total, peak, last)))
 
     _split_rows(run, rows)
     return last, total, peak
@@ -148,9 +144,12 @@ class _FusedGRU(torch.autograd.Function):
         return d_gi, d_gh_flat.t() @ h_prev, d_gh_flat.sum(0)
 
 
-def _at(tensor: torch.Tensor, row: int) -> int:
-    """The address of ``row`` in a (rows, ·) or (steps, rows, ·) tensor's first step."""
-    return tensor.data_ptr() + row * tensor.shape[-1] * tensor.element_size()
+def _at(tensor: torch.Tensor | None, row: int = 0) -> int | None:
+    """The address of ``row`` in a contiguous (rows,), (rows, ·) or (steps, rows, ·) tensor's first step;
+    None for no tensor (the C loops read NULL as "no such part")."""
+    if tensor is None:
+        return None
+    return tensor.data_ptr() + row * (tensor.shape[-1] if tensor.dim() > 1 else 1) * tensor.element_size()
 
 
 def _forward(gates_in: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor, keep: bool
