@@ -68,55 +68,47 @@ static void product(int64_t depth, int64_t width, const float *const in[QUAD], c
     }
 }
 
-/* Forward: the new states h (rows, hidden) and, for the backward pass, saved = [r | z | n] per row. */
-static void step_forward(int64_t rows, int64_t hidden, const float *restrict gi, const float *restrict gh,
+/* Row j of a row's gates r, z and n, from its input gates gi and hidden gates gh ([r | z | n] each). */
+static inline void gates(int64_t hidden, int64_t j, const float *restrict gi, const float *restrict gh,
+                         float *r, float *z, float *n) {
+    *r = 1.0f / (1.0f + exp_approx(-(gi[j] + gh[j])));
+    *z = 1.0f / (1.0f + exp_approx(-(gi[hidden + j] + gh[hidden + j])));
+    *n = 2.0f / (1.0f + exp_approx(-2.0f * (gi[2 * hidden + j] + *r * gh[2 * hidden + j]))) - 1.0f;
+}
+
+/* Forward of one row at one step: its new state h and, for the backward pass, saved = [r | z | n]. */
+static void step_forward(int64_t hidden, const float *restrict gi, const float *restrict gh,
                          const float *restrict h_prev, float *restrict h, float *restrict saved) {
-    const int64_t width = 3 * hidden;
-    for (int64_t b = 0; b < rows; b++) {
-        const float *restrict xi = gi + b * width, *restrict xh = gh + b * width;
-        const float *restrict hp = h_prev + b * hidden;
-        float *restrict out = h + b * hidden, *restrict s = saved + b * width;
-        for (int64_t j = 0; j < hidden; j++) {
-            float r = 1.0f / (1.0f + exp_approx(-(xi[j] + xh[j])));
-            float z = 1.0f / (1.0f + exp_approx(-(xi[hidden + j] + xh[hidden + j])));
-            float n = 2.0f / (1.0f + exp_approx(-2.0f * (xi[2 * hidden + j] + r * xh[2 * hidden + j]))) - 1.0f;
-            out[j] = n + z * (hp[j] - n);
-            s[j] = r;
-            s[hidden + j] = z;
-            s[2 * hidden + j] = n;
-        }
+    for (int64_t j = 0; j < hidden; j++) {
+        float r, z, n;
+        gates(hidden, j, gi, gh, &r, &z, &n);
+        h[j] = n + z * (h_prev[j] - n);
+        saved[j] = r;
+        saved[hidden + j] = z;
+        saved[2 * hidden + j] = n;
     }
 }
 
-/* Backward of one step. The gradient reaching h is d_out (from the step's outputs) + d_next (through the
- * next step). Writes the gradients of the gate inputs: d_gi (of gi, also b_ih's), d_gh (of gh, also b_hh's
- * and the product h_prev W_hh^T), and d_direct = the part of h_prev's gradient that skips W_hh (dh * z);
- * the caller adds d_gh W_hh to it. */
-static void step_backward(int64_t rows, int64_t hidden, const float *restrict d_out,
-                          const float *restrict d_next, const float *restrict saved, const float *restrict gh,
-                          const float *restrict h_prev, float *restrict d_gi, float *restrict d_gh,
-                          float *restrict d_direct) {
-    const int64_t width = 3 * hidden;
-    for (int64_t b = 0; b < rows; b++) {
-        const float *restrict s = saved + b * width, *restrict xh = gh + b * width;
-        const float *restrict hp = h_prev + b * hidden;
-        const float *restrict g1 = d_out + b * hidden, *restrict g2 = d_next + b * hidden;
-        float *restrict di = d_gi + b * width, *restrict dh_ = d_gh + b * width;
-        float *restrict dd = d_direct + b * hidden;
-        for (int64_t j = 0; j < hidden; j++) {
-            float r = s[j], z = s[hidden + j], n = s[2 * hidden + j];
-            float dh = g1[j] + g2[j];
-            float dn = dh * (1.0f - z) * (1.0f - n * n);
-            float dz = dh * (hp[j] - n) * z * (1.0f - z);
-            float dr = dn * xh[2 * hidden + j] * r * (1.0f - r);
-            di[j] = dr;
-            di[hidden + j] = dz;
-            di[2 * hidden + j] = dn;
-            dh_[j] = dr;
-            dh_[hidden + j] = dz;
-            dh_[2 * hidden + j] = dn * r;
-            dd[j] = dh * z;
-        }
+/* Backward of one row at one step. The gradient reaching h is d_out (from the step's outputs) + d_next
+ * (through the next step). Writes the gradients of the gate inputs: d_gi (of gi, also b_ih's), d_gh (of gh,
+ * also b_hh's and the product h_prev W_hh^T), and d_direct = the part of h_prev's gradient that skips W_hh
+ * (dh * z); the caller adds d_gh W_hh to it. */
+static void step_backward(int64_t hidden, const float *restrict d_out, const float *restrict d_next,
+                          const float *restrict saved, const float *restrict gh, const float *restrict h_prev,
+                          float *restrict d_gi, float *restrict d_gh, float *restrict d_direct) {
+    for (int64_t j = 0; j < hidden; j++) {
+        float r = saved[j], z = saved[hidden + j], n = saved[2 * hidden + j];
+        float dh = d_out[j] + d_next[j];
+        float dn = dh * (1.0f - z) * (1.0f - n * n);
+        float dz = dh * (h_prev[j] - n) * z * (1.0f - z);
+        float dr = dn * gh[2 * hidden + j] * r * (1.0f - r);
+        d_gi[j] = dr;
+        d_gi[hidden + j] = dz;
+        d_gi[2 * hidden + j] = dn;
+        d_gh[j] = dr;
+        d_gh[hidden + j] = dz;
+        d_gh[2 * hidden + j] = dn * r;
+        d_direct[j] = dh * z;
     }
 }
 
@@ -146,7 +138,7 @@ void anna_gru_forward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t r
             }
             product(hidden, width, h_prev, w_hh_t, start, gh);
             for (int r = 0; r < n; r++)
-                step_forward(1, hidden, gates_in + (at + b + r) * width, gh[r], h_prev[r],
+                step_forward(hidden, gates_in + (at + b + r) * width, gh[r], h_prev[r],
                                  out + (at + b + r) * hidden, saved + (kept + b + r) * width);
         }
     }
@@ -158,9 +150,10 @@ void anna_gru_forward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t r
  * weights' gradients from them in one product each. w_hh is W_hh (3 hidden, hidden); d_next (rows,
  * hidden) is scratch for the gradient reaching h from the step after. */
 void anna_gru_backward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t row_stride,
-                           const float *restrict d_out, const float *restrict out, const float *restrict gates_h,
-                           const float *restrict saved, const float *restrict w_hh, float *restrict d_gi,
-                           float *restrict d_gh, float *restrict d_next) {
+                           const float *restrict d_out, const float *restrict out,
+                           const float *restrict gates_h, const float *restrict saved,
+                           const float *restrict w_hh, float *restrict d_gi, float *restrict d_gh,
+                           float *restrict d_next) {
     const int64_t width = 3 * hidden;
     /* h_prev at step 0 (zeros), then one row of d_direct (dh * z) for each row of a block */
     float *zeros = __builtin_alloca((QUAD + 1) * hidden * sizeof(float));
@@ -175,7 +168,7 @@ void anna_gru_backward_seq(int64_t steps, int64_t rows, int64_t hidden, int64_t 
             const int n = rows - b < QUAD ? (int)(rows - b) : QUAD;
             for (int r = 0; r < n; r++) {
                 const int64_t i = at + b + r;
-                step_backward(1, hidden, d_out + i * hidden, d_next + (b + r) * hidden, saved + i * width,
+                step_backward(hidden, d_out + i * hidden, d_next + (b + r) * hidden, saved + i * width,
                                   gates_h + i * width, t ? out + (i - row_stride) * hidden : zeros,
                                   d_gi + i * width, d_gh + i * width, direct[r]);
             }
@@ -235,9 +228,8 @@ static __attribute__((noinline)) void update(int64_t hidden, int64_t t, const fl
                                              const float *restrict gh, float *restrict h, float *restrict sum,
                                              float *restrict peak) {
     for (int64_t j = 0; j < hidden; j++) {
-        float r = 1.0f / (1.0f + exp_approx(-(gi[j] + gh[j])));
-        float z = 1.0f / (1.0f + exp_approx(-(gi[hidden + j] + gh[hidden + j])));
-        float n = 2.0f / (1.0f + exp_approx(-2.0f * (gi[2 * hidden + j] + r * gh[2 * hidden + j]))) - 1.0f;
+        float r, z, n;
+        gates(hidden, j, gi, gh, &r, &z, &n);
         float v = n + z * (h[j] - n);
         h[j] = v;
         sum[j] += v;
